@@ -1,0 +1,2 @@
+//! TO BE WRITTEN
+fn main() {}

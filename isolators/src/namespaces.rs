@@ -1,0 +1,73 @@
+//! The namespaces isolator: every container gets new pid, mount, uts and ipc namespaces, and a new
+//! network namespace (loopback only) unless it asked for host networking.
+
+use crate::{ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace, NetworkMode, Usage};
+
+/// Asks the launcher for the container's namespaces.
+#[derive(Debug, Default)]
+pub struct NamespacesIsolator;
+
+impl Isolator for NamespacesIsolator {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    fn prepare(&self, spec: &ContainerSpec) -> Result<LaunchInfo, IsolatorError> {
+        let mut namespaces = vec![Namespace::Pid, Namespace::Mount, Namespace::Uts, Namespace::Ipc];
+        if spec.network == NetworkMode::None {
+            namespaces.push(Namespace::Net);
+        }
+        Ok(LaunchInfo { namespaces, hostname: Some(spec.hostname.clone()) })
+    }
+
+    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
+        Ok(None)
+    }
+
+    fn usage(&self, _id: &ContainerId) -> Result<Usage, IsolatorError> {
+        Ok(Usage::default())
+    }
+
+    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    fn cleanup(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
+        // Namespaces die with their last process; nothing is pinned by bind mounts.
+        Ok(())
+    }
+
+    fn recover(&self, _known: &[String]) -> Result<Vec<String>, IsolatorError> {
+        Ok(Vec::new())
+    }
+
+    fn describe(&self, _id: &ContainerId) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+
+    fn spec(network: NetworkMode) -> ContainerSpec {
+        ContainerSpec {
+            id: "c1".into(),
+            limits: Limits { cpus: 1.0, mem_bytes: 1 << 20, pids_max: None },
+            network,
+            hostname: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn net_namespace_only_without_host_network() {
+        let iso = NamespacesIsolator;
+        assert!(iso.prepare(&spec(NetworkMode::None)).unwrap().namespaces.contains(&Namespace::Net));
+        assert!(!iso.prepare(&spec(NetworkMode::Host)).unwrap().namespaces.contains(&Namespace::Net));
+    }
+}
