@@ -158,7 +158,9 @@ pub enum IsolatorError {
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
     /// A container id that cannot be used as a path component.
-    #[error("invalid container id {0:?}: must be 1-128 chars of [A-Za-z0-9_.-] and not start with '.'")]
+    #[error(
+        "invalid container id {0:?}: must be 1-128 chars of [A-Za-z0-9_.-] and not start with '.'"
+    )]
     InvalidContainerId(String),
 }
 
@@ -167,8 +169,14 @@ pub fn validate_container_id(id: &str) -> Result<(), IsolatorError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok { Ok(()) } else { Err(IsolatorError::InvalidContainerId(id.to_string())) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(IsolatorError::InvalidContainerId(id.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -185,7 +193,10 @@ mod tests {
 
     #[test]
     fn launch_info_merge_unions_namespaces() {
-        let mut a = LaunchInfo { namespaces: vec![Namespace::Pid], hostname: None };
+        let mut a = LaunchInfo {
+            namespaces: vec![Namespace::Pid],
+            hostname: None,
+        };
         a.merge(LaunchInfo {
             namespaces: vec![Namespace::Pid, Namespace::Net],
             hostname: Some("h".into()),

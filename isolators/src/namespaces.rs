@@ -1,7 +1,10 @@
 //! The namespaces isolator: every container gets new pid, mount, uts and ipc namespaces, and a new
 //! network namespace (loopback only) unless it asked for host networking.
 
-use crate::{ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace, NetworkMode, Usage};
+use crate::{
+    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace,
+    NetworkMode, Usage,
+};
 
 /// Asks the launcher for the container's namespaces.
 #[derive(Debug, Default)]
@@ -13,11 +16,19 @@ impl Isolator for NamespacesIsolator {
     }
 
     fn prepare(&self, spec: &ContainerSpec) -> Result<LaunchInfo, IsolatorError> {
-        let mut namespaces = vec![Namespace::Pid, Namespace::Mount, Namespace::Uts, Namespace::Ipc];
+        let mut namespaces = vec![
+            Namespace::Pid,
+            Namespace::Mount,
+            Namespace::Uts,
+            Namespace::Ipc,
+        ];
         if spec.network == NetworkMode::None {
             namespaces.push(Namespace::Net);
         }
-        Ok(LaunchInfo { namespaces, hostname: Some(spec.hostname.clone()) })
+        Ok(LaunchInfo {
+            namespaces,
+            hostname: Some(spec.hostname.clone()),
+        })
     }
 
     fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
@@ -58,7 +69,11 @@ mod tests {
     fn spec(network: NetworkMode) -> ContainerSpec {
         ContainerSpec {
             id: "c1".into(),
-            limits: Limits { cpus: 1.0, mem_bytes: 1 << 20, pids_max: None },
+            limits: Limits {
+                cpus: 1.0,
+                mem_bytes: 1 << 20,
+                pids_max: None,
+            },
             network,
             hostname: "c1".into(),
         }
@@ -67,7 +82,17 @@ mod tests {
     #[test]
     fn net_namespace_only_without_host_network() {
         let iso = NamespacesIsolator;
-        assert!(iso.prepare(&spec(NetworkMode::None)).unwrap().namespaces.contains(&Namespace::Net));
-        assert!(!iso.prepare(&spec(NetworkMode::Host)).unwrap().namespaces.contains(&Namespace::Net));
+        assert!(
+            iso.prepare(&spec(NetworkMode::None))
+                .unwrap()
+                .namespaces
+                .contains(&Namespace::Net)
+        );
+        assert!(
+            !iso.prepare(&spec(NetworkMode::Host))
+                .unwrap()
+                .namespaces
+                .contains(&Namespace::Net)
+        );
     }
 }

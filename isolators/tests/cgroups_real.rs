@@ -1,0 +1,432 @@
+//! Privileged tests of the cgroups isolator against the real kernel (v1, hybrid or v2).
+//!
+//! They need root and a cgroup hierarchy; without them they FAIL saying why, unless
+//! `BERTH_TEST_ALLOW_SKIP=1` is set. Each test uses its own base (`berth-t<pid>-<n>`) and container
+//! id (`berth-test-<pid>-<n>`) under the test process's own cgroup, and a Drop guard kills its
+//! children and removes every cgroup it made, on every path.
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_isolators::cgroups::{CgroupError, CgroupVersion, CgroupsIsolator};
+use berth_isolators::{ContainerSpec, Isolator, IsolatorError, Limitation, Limits, NetworkMode};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test with `reason`, or returns (skip) when `BERTH_TEST_ALLOW_SKIP=1`.
+fn cannot_run(reason: &str) {
+    if std::env::var("BERTH_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIPPED (BERTH_TEST_ALLOW_SKIP=1): {reason}");
+        return;
+    }
+    panic!("privileged cgroup test cannot run: {reason} (set BERTH_TEST_ALLOW_SKIP=1 to skip)");
+}
+
+/// One test's isolator, container id and children; removes all of it on drop.
+struct Env {
+    iso: CgroupsIsolator,
+    base: String,
+    ids: Vec<String>,
+    children: Vec<Child>,
+    extra_dirs: Vec<PathBuf>,
+}
+
+impl Env {
+    fn new() -> Option<Env> {
+        if !nix::unistd::geteuid().is_root() {
+            cannot_run("not running as root");
+            return None;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = format!("berth-t{}-{n}", std::process::id());
+        match CgroupsIsolator::new(
+            Path::new("/sys/fs/cgroup"),
+            Path::new("/proc/self/cgroup"),
+            &base,
+        ) {
+            Ok(iso) => Some(Env {
+                iso,
+                base,
+                ids: Vec::new(),
+                children: Vec::new(),
+                extra_dirs: vec![],
+            }),
+            Err(e) => {
+                cannot_run(&format!("no usable cgroup hierarchy: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A fresh container id, registered for cleanup.
+    fn id(&mut self) -> String {
+        let id = format!(
+            "berth-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        self.ids.push(id.clone());
+        id
+    }
+
+    fn prepare(&mut self, cpus: f64, mem_bytes: u64, pids_max: Option<u64>) -> String {
+        let id = self.id();
+        let spec = ContainerSpec {
+            id: id.clone(),
+            limits: Limits {
+                cpus,
+                mem_bytes,
+                pids_max,
+            },
+            network: NetworkMode::None,
+            hostname: id.clone(),
+        };
+        self.iso.prepare(&spec).expect("prepare");
+        id
+    }
+
+    /// Spawns `sh -c script` blocked on a stdin line, moves it into `id`, then releases it: the
+    /// whole workload runs inside the container's cgroups from its first instruction.
+    fn spawn_in(&mut self, id: &str, script: &str) -> usize {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _go; {script}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        self.iso.isolate(id, child.id() as i32).expect("isolate");
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn wait(&mut self, idx: usize, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.children[idx].try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "child did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Explicit end of a test: everything removed, and checked to be gone.
+    fn finish(mut self) {
+        self.teardown().expect("teardown");
+        for id in &self.ids {
+            for p in self.iso.container_paths(id) {
+                assert!(!p.exists(), "left behind: {}", p.display());
+            }
+        }
+        for b in self.iso.base_dirs() {
+            assert!(!b.exists(), "left behind: {}", b.display());
+        }
+        assert!(self.iso.list().unwrap().is_empty());
+    }
+
+    fn teardown(&mut self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        for id in std::mem::take(&mut self.ids) {
+            if let Err(e) = self.iso.cleanup(&id) {
+                errors.push(format!("cleanup {id}: {e}"));
+            }
+        }
+        for dir in self
+            .iso
+            .base_dirs()
+            .into_iter()
+            .chain(std::mem::take(&mut self.extra_dirs))
+        {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("rmdir {}: {e}", dir.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("cgroup test teardown ({}): {e}", self.base);
+        }
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// The container's directory serving `controller` (v1) or its only directory (v2).
+fn dir_for(env: &Env, id: &str, file: &str) -> PathBuf {
+    env.iso
+        .container_paths(id)
+        .into_iter()
+        .find(|p| p.join(file).exists())
+        .unwrap_or_else(|| panic!("no container dir has {file}"))
+}
+
+#[test]
+fn limits_membership_usage_kill_and_cleanup() {
+    let Some(mut env) = Env::new() else { return };
+    eprintln!(
+        "cgroup {:?}, container paths under {:?}",
+        env.iso.version(),
+        env.iso.base_dirs()
+    );
+    let id = env.prepare(0.5, 64 << 20, Some(64));
+
+    // The kernel took the limits.
+    match env.iso.version() {
+        CgroupVersion::V2 => {
+            let d = &env.iso.container_paths(&id)[0];
+            assert_eq!(read(&d.join("cpu.max")), "50000 100000");
+            assert_eq!(read(&d.join("cpu.weight")), "50");
+            assert_eq!(read(&d.join("memory.max")), (64u64 << 20).to_string());
+            assert_eq!(read(&d.join("pids.max")), "64");
+            if d.join("memory.swap.max").exists() {
+                assert_eq!(read(&d.join("memory.swap.max")), "0");
+            }
+        }
+        CgroupVersion::V1 => {
+            let cpu = dir_for(&env, &id, "cpu.cfs_quota_us");
+            assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "50000");
+            assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
+            assert_eq!(read(&cpu.join("cpu.shares")), "512");
+            let mem = dir_for(&env, &id, "memory.limit_in_bytes");
+            assert_eq!(
+                read(&mem.join("memory.limit_in_bytes")),
+                (64u64 << 20).to_string()
+            );
+            let pids = dir_for(&env, &id, "pids.max");
+            assert_eq!(read(&pids.join("pids.max")), "64");
+        }
+    }
+
+    // A busy workload with a grandchild, inside the container.
+    let busy = env.spawn_in(&id, "sleep 300 & while :; do :; done");
+    let pid = env.children[busy].id();
+    let membership = read(Path::new(&format!("/proc/{pid}/cgroup")));
+    let suffix = format!("/{}/{id}", env.base);
+    let wanted: &[&str] = match env.iso.version() {
+        CgroupVersion::V2 => &[""],
+        CgroupVersion::V1 => &["cpu", "cpuacct", "memory", "pids"],
+    };
+    for controller in wanted {
+        let ok = membership.lines().any(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, list, path) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let has = if controller.is_empty() {
+                list.is_empty()
+            } else {
+                list.split(',').any(|c| c == *controller)
+            };
+            has && path.ends_with(&suffix)
+        });
+        assert!(
+            ok,
+            "pid {pid} not in {suffix} for {controller:?}:\n{membership}"
+        );
+    }
+
+    std::thread::sleep(Duration::from_millis(700));
+    let usage = env.iso.usage(&id).expect("usage");
+    eprintln!("usage: {usage:?}");
+    assert!(usage.cpu_usage_ns > 0, "{usage:?}");
+    assert!(usage.mem_current_bytes > 0, "{usage:?}");
+    assert!(usage.pids_current >= 2, "sh and sleep: {usage:?}");
+    assert_eq!(env.iso.limitation(&id).unwrap(), None);
+    assert_eq!(env.iso.list().unwrap(), vec![id.clone()]);
+
+    env.iso.kill_all(&id).expect("kill_all");
+    let status = env.wait(busy, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc_sigkill()), "{status:?}");
+    // The grandchild is gone from the cgroup too (pids.current may still count it as a zombie
+    // until its new parent reaps it, so membership is checked instead).
+    for dir in env.iso.container_paths(&id) {
+        assert_eq!(
+            read(&dir.join("cgroup.procs")),
+            "",
+            "{} not empty",
+            dir.display()
+        );
+    }
+    env.iso.kill_all(&id).expect("kill_all is idempotent");
+
+    env.iso.cleanup(&id).expect("cleanup");
+    for p in env.iso.container_paths(&id) {
+        assert!(!p.exists(), "{} still exists", p.display());
+    }
+    env.iso.cleanup(&id).expect("cleanup is idempotent");
+    env.finish();
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}
+
+#[test]
+fn oom_kill_is_reported_as_memory_limitation() {
+    let Some(mut env) = Env::new() else { return };
+    let id = env.prepare(1.0, 32 << 20, None);
+    // tail buffers its whole (newline-free) input: it grows until the OOM killer ends it.
+    let hog = env.spawn_in(&id, "head -c 400m /dev/zero | tail");
+    let status = env.wait(hog, Duration::from_secs(120));
+    eprintln!("hog exited: {status:?}");
+    let limitation = env.iso.limitation(&id).expect("limitation");
+    match &limitation {
+        Some(Limitation::Memory { message }) => {
+            eprintln!("limitation: {message}");
+            assert!(message.contains("32 MiB"), "{message}");
+            assert!(message.contains("OOM-killed"), "{message}");
+        }
+        None => panic!("no memory limitation reported after the hog exited with {status:?}"),
+    }
+    assert!(
+        !status.success(),
+        "the hog was OOM-killed, its pipeline cannot succeed"
+    );
+    env.finish();
+}
+
+#[test]
+fn recover_destroys_unknown_containers_only() {
+    let Some(mut env) = Env::new() else { return };
+    let keep = env.prepare(0.2, 16 << 20, Some(16));
+    let orphan = env.prepare(0.2, 16 << 20, Some(16));
+    let orphan_child = env.spawn_in(&orphan, "sleep 300");
+    let mut listed = env.iso.list().unwrap();
+    listed.sort();
+    let mut expected = vec![keep.clone(), orphan.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let cleaned = env
+        .iso
+        .recover(std::slice::from_ref(&keep))
+        .expect("recover");
+    assert_eq!(cleaned, vec![orphan.clone()]);
+    let status = env.wait(orphan_child, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc_sigkill()));
+    for p in env.iso.container_paths(&orphan) {
+        assert!(!p.exists(), "{} survived recover", p.display());
+    }
+    for p in env.iso.container_paths(&keep) {
+        assert!(
+            p.is_dir(),
+            "{} of a known container was removed",
+            p.display()
+        );
+    }
+    assert_eq!(env.iso.list().unwrap(), vec![keep]);
+    env.finish();
+}
+
+#[test]
+fn pids_limit_is_enforced() {
+    let Some(mut env) = Env::new() else { return };
+    let id = env.prepare(1.0, 64 << 20, Some(4));
+    // sh + 3 sleeps = 4 tasks; the later forks must fail ("Cannot fork" on stderr is expected).
+    let sh = env.spawn_in(&id, "for i in 1 2 3 4 5 6; do sleep 300 & done; wait");
+    let start = Instant::now();
+    let mut usage = env.iso.usage(&id).unwrap();
+    while usage.pids_current < 4 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        usage = env.iso.usage(&id).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let usage = env.iso.usage(&id).unwrap();
+    assert_eq!(usage.pids_current, 4, "pids.max 4: {usage:?}");
+    env.iso.kill_all(&id).unwrap();
+    env.wait(sh, Duration::from_secs(30));
+    env.finish();
+}
+
+/// On v2 the agent's own cgroup can only delegate controllers when it holds no processes; berth
+/// must say so rather than move anything. (v1 has no such rule: nothing to check there.)
+#[test]
+fn v2_busy_own_cgroup_is_refused_with_an_explanation() {
+    let Some(mut env) = Env::new() else { return };
+    if env.iso.version() != CgroupVersion::V2 {
+        eprintln!("cgroup v1: the no-internal-processes rule does not exist; nothing to check");
+        env.finish();
+        return;
+    }
+    // A pretend agent cgroup (made by this test) holding a process.
+    let own_line = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own_line
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap()
+        .to_string();
+    let agent_name = format!("{}-agent", env.base);
+    let agent_dir = Path::new("/sys/fs/cgroup")
+        .join(own.trim_start_matches('/'))
+        .join(&agent_name);
+    std::fs::create_dir(&agent_dir).unwrap();
+    env.extra_dirs.push(agent_dir.clone());
+    let mut sleeper = Command::new("sleep").arg("300").spawn().unwrap();
+    let pid = sleeper.id();
+    let moved = std::fs::write(agent_dir.join("cgroup.procs"), pid.to_string());
+    let tmp = tempfile::TempDir::new().unwrap();
+    let fake = tmp.path().join("cgroup");
+    std::fs::write(
+        &fake,
+        format!("0::{}/{agent_name}\n", own.trim_end_matches('/')),
+    )
+    .unwrap();
+    let result =
+        CgroupsIsolator::new(Path::new("/sys/fs/cgroup"), &fake, "berth").and_then(|iso| {
+            let spec = ContainerSpec {
+                id: "c".into(),
+                limits: Limits {
+                    cpus: 1.0,
+                    mem_bytes: 16 << 20,
+                    pids_max: None,
+                },
+                network: NetworkMode::None,
+                hostname: "c".into(),
+            };
+            Ok(iso.prepare(&spec))
+        });
+    let subtree = read(&agent_dir.join("cgroup.subtree_control"));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    moved.expect("move sleeper into the pretend agent cgroup");
+    match result {
+        Ok(Err(IsolatorError::Cgroup(e @ CgroupError::InternalProcess { .. }))) => {
+            eprintln!("refused as expected: {e}");
+        }
+        other => panic!("expected InternalProcess, got {other:?}"),
+    }
+    assert_eq!(subtree, "", "berth must not change a busy cgroup");
+    assert!(!agent_dir.join("berth").exists());
+    env.finish();
+}
