@@ -20,5 +20,6 @@
 
 pub mod client;
 pub mod protocol;
+pub mod shim;
 
 pub use protocol::{ExitStatus, ShimConfig, ShimEvent, ShimReady, ShimRequest};
