@@ -402,20 +402,19 @@ fn v2_busy_own_cgroup_is_refused_with_an_explanation() {
         format!("0::{}/{agent_name}\n", own.trim_end_matches('/')),
     )
     .unwrap();
-    let result =
-        CgroupsIsolator::new(Path::new("/sys/fs/cgroup"), &fake, "berth").and_then(|iso| {
-            let spec = ContainerSpec {
-                id: "c".into(),
-                limits: Limits {
-                    cpus: 1.0,
-                    mem_bytes: 16 << 20,
-                    pids_max: None,
-                },
-                network: NetworkMode::None,
-                hostname: "c".into(),
-            };
-            Ok(iso.prepare(&spec))
-        });
+    let result = CgroupsIsolator::new(Path::new("/sys/fs/cgroup"), &fake, "berth").map(|iso| {
+        let spec = ContainerSpec {
+            id: "c".into(),
+            limits: Limits {
+                cpus: 1.0,
+                mem_bytes: 16 << 20,
+                pids_max: None,
+            },
+            network: NetworkMode::None,
+            hostname: "c".into(),
+        };
+        iso.prepare(&spec)
+    });
     let subtree = read(&agent_dir.join("cgroup.subtree_control"));
     let _ = sleeper.kill();
     let _ = sleeper.wait();

@@ -83,10 +83,11 @@ pub(super) fn subdirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(err)?;
-        if entry.file_type().map_err(err)?.is_dir() {
-            if let Ok(name) = entry.file_name().into_string() {
-                names.push(name);
-            }
+        if !entry.file_type().map_err(err)?.is_dir() {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
         }
     }
     names.sort();
@@ -251,7 +252,7 @@ pub(super) fn controllers(path: &Path) -> Result<Vec<String>, CgroupError> {
 /// "64 MiB" when whole MiB, else bytes.
 pub(super) fn human_bytes(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes & (MIB - 1) == 0 {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} bytes")
