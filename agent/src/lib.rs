@@ -1,1 +1,25 @@
-//! TO BE WRITTEN
+//! # berth-agent
+//!
+//! The berth node agent and the `berth` command line.
+//!
+//! - [`daemon`]: `berth agent` start-up (root check, work-dir lock, cgroup detection, resources,
+//!   recovery), the HTTP server and shutdown.
+//! - [`agent`]: tasks and their state machine; launches through the containerizer; status
+//!   updates checkpointed before they are sent and kept until acknowledged ([`status_updates`]).
+//! - [`link`]: the agent ↔ master traits; [`master`]: the embedded offer-based master and its
+//!   Mesos v1 scheduler HTTP API.
+//! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`.
+//! - [`cli`]: `berth run | ps | logs | kill | inspect`.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod checkpoint;
+pub mod cli;
+pub mod daemon;
+pub mod http;
+pub mod link;
+pub mod master;
+pub mod metrics;
+pub mod resources;
+pub mod status_updates;
+pub mod task;

@@ -1,1 +1,524 @@
-//! TO BE WRITTEN
+//! # berth-containerizer
+//!
+//! Owns the lifecycle of every container on the node: `launch`, `wait`, `kill`, `destroy`,
+//! `usage` and `recover`, plus the container's sandbox (its working files and stdout/stderr logs)
+//! and its runtime state (shim socket, pid and exit records).
+//!
+//! A launch is one straight line (see [`Containerizer::launch`]):
+//! sandbox → every isolator's `prepare` → the `berth-executor` shim clones the workload into its
+//! namespaces, blocked → every isolator's `isolate(pid)` (cgroup attach) → `Start` → the workload
+//! execs. A monitor task per container follows the shim's events; when the workload ends it asks
+//! the isolators what limit (if any) ended it, and publishes a [`Termination`].
+//!
+//! Paths: sandboxes live under `<work-dir>/sandboxes/<container-id>`, runtime state under
+//! `<runtime-dir>/containers/<container-id>`. A container's runtime state survives an agent
+//! restart (the shim keeps running), which is what [`Containerizer::recover`] reattaches to.
+#![warn(missing_docs)]
+
+mod container;
+mod error;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use berth_executor::{ExitStatus, ShimConfig, client};
+use berth_isolators::{
+    ContainerSpec, Isolator, LaunchInfo, Limitation, Limits, NetworkMode, Usage,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use container::Termination;
+use container::{ContainerHandle, monitor};
+pub use error::ContainerizerError;
+
+/// What to run in a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Container id (path-safe; checked).
+    pub id: String,
+    /// argv of the workload.
+    pub argv: Vec<String>,
+    /// Environment of the workload (complete: nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container; the sandbox when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Networking.
+    pub network: NetworkMode,
+    /// Hostname inside the container.
+    pub hostname: String,
+}
+
+/// Where the containerizer keeps its files, and which shim binary it runs.
+#[derive(Debug, Clone)]
+pub struct ContainerizerPaths {
+    /// Sandboxes root (`<work-dir>/sandboxes`).
+    pub sandboxes: PathBuf,
+    /// Runtime state root (`<runtime-dir>/containers`).
+    pub runtime: PathBuf,
+    /// The `berth-executor` binary.
+    pub executor_bin: PathBuf,
+}
+
+/// The result of a successful launch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Launched {
+    /// Host pid of the container's init process.
+    pub pid: i32,
+    /// Pid of the supervising shim.
+    pub shim_pid: i32,
+    /// The container's sandbox directory.
+    pub sandbox: PathBuf,
+}
+
+/// What recovery found for one container the agent already knew.
+#[derive(Debug)]
+pub enum Recovered {
+    /// The shim is alive: the container is running and being monitored again.
+    Running {
+        /// Host pid of the container init, when known.
+        pid: Option<i32>,
+    },
+    /// The container ended while the agent was away.
+    Terminated(Termination),
+    /// No trace of the container was left (no shim, no exit record).
+    Gone,
+}
+
+/// The containerizer. Cheap to share behind an `Arc`.
+pub struct Containerizer {
+    paths: ContainerizerPaths,
+    isolators: Vec<Arc<dyn Isolator>>,
+    containers: Mutex<HashMap<String, Arc<ContainerHandle>>>,
+}
+
+impl Containerizer {
+    /// Creates the containerizer; creates the sandboxes and runtime roots.
+    pub fn new(
+        paths: ContainerizerPaths,
+        isolators: Vec<Arc<dyn Isolator>>,
+    ) -> Result<Self, ContainerizerError> {
+        for dir in [&paths.sandboxes, &paths.runtime] {
+            std::fs::create_dir_all(dir).map_err(|source| ContainerizerError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            paths,
+            isolators,
+            containers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The sandbox directory of a container.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.paths.sandboxes.join(id)
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.paths.runtime.join(id)
+    }
+
+    /// Ids of the containers currently monitored.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn handle(&self, id: &str) -> Result<Arc<ContainerHandle>, ContainerizerError> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ContainerizerError::UnknownContainer(id.to_string()))
+    }
+
+    /// Launches a container and returns once its workload has been released to exec.
+    ///
+    /// On any failure everything made so far is removed again before the error is returned.
+    pub async fn launch(&self, config: ContainerConfig) -> Result<Launched, ContainerizerError> {
+        berth_isolators::validate_container_id(&config.id)?;
+        if config.argv.is_empty() {
+            return Err(ContainerizerError::EmptyCommand(config.id));
+        }
+        if self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .contains_key(&config.id)
+        {
+            return Err(ContainerizerError::AlreadyExists(config.id));
+        }
+        let id = config.id.clone();
+        match self.launch_steps(config).await {
+            Ok(launched) => Ok(launched),
+            Err(err) => {
+                warn!(container_id = %id, error = %err, "launch failed; cleaning up");
+                if let Err(cleanup_err) = self.cleanup(&id).await {
+                    warn!(container_id = %id, error = %cleanup_err, "cleanup after failed launch");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn launch_steps(&self, config: ContainerConfig) -> Result<Launched, ContainerizerError> {
+        let id = config.id.clone();
+        // 1. Sandbox (workload files and logs) and runtime state dir (shim socket, exit record).
+        let sandbox = self.sandbox_dir(&id);
+        let state_dir = self.state_dir(&id);
+        for dir in [&sandbox, &state_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| ContainerizerError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        // 2. Every isolator prepares; their launch needs are merged for the shim.
+        let spec = ContainerSpec {
+            id: id.clone(),
+            limits: config.limits,
+            network: config.network,
+            hostname: config.hostname.clone(),
+        };
+        let mut launch_info = LaunchInfo::default();
+        for isolator in &self.isolators {
+            let info = isolator
+                .prepare(&spec)
+                .map_err(|source| ContainerizerError::Isolator {
+                    id: id.clone(),
+                    isolator: isolator.name(),
+                    step: "prepare",
+                    source,
+                })?;
+            launch_info.merge(info);
+        }
+        // 3. The shim clones the workload into its namespaces; the workload waits for Start.
+        let shim_config = ShimConfig {
+            container_id: id.clone(),
+            argv: config.argv,
+            env: config.env,
+            cwd: Some(config.cwd.unwrap_or_else(|| sandbox.clone())),
+            namespaces: launch_info
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    serde_json::to_value(ns)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                })
+                .map(|ns| ns.unwrap_or_default())
+                .collect(),
+            hostname: launch_info.hostname,
+            stdout_path: sandbox.join("stdout"),
+            stderr_path: sandbox.join("stderr"),
+            state_dir: state_dir.clone(),
+        };
+        let ready = client::spawn_shim(&self.paths.executor_bin, &shim_config)
+            .await
+            .map_err(|source| ContainerizerError::Shim {
+                id: id.clone(),
+                source,
+            })?;
+        // Register now so a failure below is cleaned up through the normal path.
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let handle = Arc::new(ContainerHandle {
+            id: id.clone(),
+            pid: Some(ready.pid),
+            state_dir: state_dir.clone(),
+            exit: exit_rx,
+        });
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(id.clone(), handle);
+        // 4. Isolate the blocked workload (cgroup attach) before it execs.
+        for isolator in &self.isolators {
+            isolator
+                .isolate(&id, ready.pid)
+                .map_err(|source| ContainerizerError::Isolator {
+                    id: id.clone(),
+                    isolator: isolator.name(),
+                    step: "isolate",
+                    source,
+                })?;
+        }
+        // 5. Release the workload and follow the shim until it exits.
+        let mut shim = client::ShimClient::connect(&state_dir)
+            .await
+            .map_err(|source| ContainerizerError::Shim {
+                id: id.clone(),
+                source,
+            })?;
+        shim.send(&berth_executor::ShimRequest::Start)
+            .await
+            .map_err(|source| ContainerizerError::Shim {
+                id: id.clone(),
+                source,
+            })?;
+        tokio::spawn(monitor(
+            shim,
+            state_dir,
+            self.isolators.clone(),
+            id.clone(),
+            exit_tx,
+        ));
+        info!(container_id = %id, pid = ready.pid, shim_pid = ready.shim_pid, "container launched");
+        Ok(Launched {
+            pid: ready.pid,
+            shim_pid: ready.shim_pid,
+            sandbox,
+        })
+    }
+
+    /// Waits until the container's workload has ended.
+    pub async fn wait(&self, id: &str) -> Result<Termination, ContainerizerError> {
+        let mut rx = self.handle(id)?.exit.clone();
+        loop {
+            if let Some(termination) = rx.borrow_and_update().clone() {
+                return Ok(termination);
+            }
+            if rx.changed().await.is_err() {
+                // The monitor is gone without a result: read the durable record.
+                let status = client::read_exit(&self.state_dir(id)).map_err(|source| {
+                    ContainerizerError::Shim {
+                        id: id.to_string(),
+                        source,
+                    }
+                })?;
+                return Ok(Termination::from_exit(status, None));
+            }
+        }
+    }
+
+    /// Asks the shim to stop the workload: SIGTERM, then SIGKILL after `grace`.
+    pub async fn kill(&self, id: &str, grace: Duration) -> Result<(), ContainerizerError> {
+        let handle = self.handle(id)?;
+        if handle.exit.borrow().is_some() {
+            return Ok(());
+        }
+        let mut shim = client::ShimClient::connect(&handle.state_dir)
+            .await
+            .map_err(|source| ContainerizerError::Shim {
+                id: id.to_string(),
+                source,
+            })?;
+        let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
+        shim.send(&berth_executor::ShimRequest::Kill { grace_ms })
+            .await
+            .map_err(|source| ContainerizerError::Shim {
+                id: id.to_string(),
+                source,
+            })
+    }
+
+    /// Kills whatever is left of the container and removes everything made for it, except
+    /// the sandbox (kept for logs until garbage collection). Idempotent.
+    pub async fn destroy(&self, id: &str) -> Result<(), ContainerizerError> {
+        berth_isolators::validate_container_id(id)?;
+        if let Ok(handle) = self.handle(id) {
+            if handle.exit.borrow().is_none() {
+                if self.kill(id, Duration::ZERO).await.is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id)).await;
+                }
+            }
+        } else if let Some(pid) = read_shim_pid(&self.state_dir(id)) {
+            // An unknown container's shim (found by recovery): end it by pid.
+            if client::shim_alive(&self.state_dir(id)) {
+                kill_pid(pid);
+            }
+        }
+        self.cleanup(id).await
+    }
+
+    async fn cleanup(&self, id: &str) -> Result<(), ContainerizerError> {
+        let isolators = self.isolators.clone();
+        let owned_id = id.to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut first_error = None;
+            for isolator in isolators.iter().rev() {
+                let step = isolator
+                    .kill_all(&owned_id)
+                    .and_then(|()| isolator.cleanup(&owned_id));
+                if let Err(source) = step {
+                    first_error.get_or_insert(ContainerizerError::Isolator {
+                        id: owned_id.clone(),
+                        isolator: isolator.name(),
+                        step: "cleanup",
+                        source,
+                    });
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+        .await
+        .map_err(|e| ContainerizerError::Join(e.to_string()))?;
+        self.containers.lock().expect("containers lock").remove(id);
+        let state_dir = self.state_dir(id);
+        if let Err(source) = std::fs::remove_dir_all(&state_dir) {
+            if source.kind() != std::io::ErrorKind::NotFound {
+                return Err(ContainerizerError::RemoveDir {
+                    path: state_dir,
+                    source,
+                });
+            }
+        }
+        result
+    }
+
+    /// Usage of a running container, summed over the isolators that report any.
+    pub fn usage(&self, id: &str) -> Result<Usage, ContainerizerError> {
+        berth_isolators::validate_container_id(id)?;
+        let mut total = Usage::default();
+        for isolator in &self.isolators {
+            let usage = isolator
+                .usage(id)
+                .map_err(|source| ContainerizerError::Isolator {
+                    id: id.to_string(),
+                    isolator: isolator.name(),
+                    step: "usage",
+                    source,
+                })?;
+            if usage != Usage::default() {
+                total = usage;
+            }
+        }
+        Ok(total)
+    }
+
+    /// What each isolator says about where the container lives (cgroup paths...), by isolator name.
+    pub fn describe(&self, id: &str) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for isolator in &self.isolators {
+            let value = isolator.describe(id);
+            if !value.is_null() {
+                map.insert(isolator.name().to_string(), value);
+            }
+        }
+        serde_json::Value::Object(map)
+    }
+
+    /// At agent start: reattaches to the containers in `known` and destroys every other
+    /// container found in the runtime dir or in the isolators (cgroups).
+    pub async fn recover(
+        &self,
+        known: &[String],
+    ) -> Result<HashMap<String, Recovered>, ContainerizerError> {
+        let mut result = HashMap::new();
+        for id in known {
+            result.insert(id.clone(), self.recover_one(id).await);
+        }
+        // Unknown containers with runtime state: end their shims and remove their state.
+        let entries = std::fs::read_dir(&self.paths.runtime).map_err(|source| {
+            ContainerizerError::ReadDir {
+                path: self.paths.runtime.clone(),
+                source,
+            }
+        })?;
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&id) && berth_isolators::validate_container_id(&id).is_ok() {
+                warn!(container_id = %id, "destroying unknown container found in the runtime dir");
+                if let Err(err) = self.destroy(&id).await {
+                    warn!(container_id = %id, error = %err, "destroying unknown container");
+                }
+            }
+        }
+        // Unknown containers the isolators still hold (cgroups left by a crash mid-launch).
+        for isolator in &self.isolators {
+            let orphans =
+                isolator
+                    .recover(known)
+                    .map_err(|source| ContainerizerError::Isolator {
+                        id: String::from("*"),
+                        isolator: isolator.name(),
+                        step: "recover",
+                        source,
+                    })?;
+            for id in orphans {
+                info!(container_id = %id, isolator = isolator.name(), "removed orphan");
+            }
+        }
+        Ok(result)
+    }
+
+    async fn recover_one(&self, id: &str) -> Recovered {
+        let state_dir = self.state_dir(id);
+        if client::shim_alive(&state_dir) {
+            match client::ShimClient::connect(&state_dir).await {
+                Ok(shim) => {
+                    let (exit_tx, exit_rx) = watch::channel(None);
+                    let pid = read_init_pid(&state_dir);
+                    let handle = Arc::new(ContainerHandle {
+                        id: id.to_string(),
+                        pid,
+                        state_dir: state_dir.clone(),
+                        exit: exit_rx,
+                    });
+                    self.containers
+                        .lock()
+                        .expect("containers lock")
+                        .insert(id.to_string(), handle);
+                    tokio::spawn(monitor(
+                        shim,
+                        state_dir,
+                        self.isolators.clone(),
+                        id.to_string(),
+                        exit_tx,
+                    ));
+                    return Recovered::Running { pid };
+                }
+                Err(err) => warn!(container_id = %id, error = %err, "shim alive but unreachable"),
+            }
+        }
+        match client::read_exit(&state_dir) {
+            Ok(Some(status)) => {
+                let limitation = container::limitation_of(&self.isolators, id);
+                Recovered::Terminated(Termination::from_exit(Some(status), limitation))
+            }
+            _ => Recovered::Gone,
+        }
+    }
+}
+
+fn read_shim_pid(state_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(state_dir.join("shim.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn read_init_pid(state_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(state_dir.join("init.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn kill_pid(pid: i32) {
+    if pid > 1 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Re-exported so callers need not depend on the executor crate for the exit type.
+pub type ContainerExit = ExitStatus;
+/// Re-exported limitation type.
+pub type ContainerLimitation = Limitation;

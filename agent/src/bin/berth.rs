@@ -1,1 +1,68 @@
-fn main() {}
+//! The `berth` binary: parses the command line and hands over to the library.
+
+use berth_agent::cli::{Cli, Command, client::AgentClient, ops, run};
+use clap::Parser;
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("berth: cannot start the async runtime: {err}");
+            std::process::exit(run::EXIT_BERTH_ERROR);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let client = AgentClient::new(&cli.agent);
+        let result = match cli.command {
+            Command::Agent(flags) => {
+                init_logging(matches!(
+                    flags.log_format,
+                    berth_agent::daemon::LogFormat::Json
+                ));
+                berth_agent::daemon::run(*flags).await.map(|()| 0)
+            }
+            Command::Run(args) => run::run(&cli.agent, args).await,
+            Command::Ps(args) => ops::ps(&client, args).await,
+            Command::Logs(args) => ops::logs(&client, args).await,
+            Command::Kill(args) => ops::kill(&client, args).await,
+            Command::Inspect(args) => ops::inspect(&client, args).await,
+        };
+        match result {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("berth: {}", one_line(&err));
+                if matches!(std::env::args().nth(1).as_deref(), Some("run")) {
+                    run::EXIT_BERTH_ERROR
+                } else {
+                    1
+                }
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}

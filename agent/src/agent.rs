@@ -1,0 +1,843 @@
+//! The agent core: holds the tasks, launches them through the containerizer, turns container
+//! events into status updates, and keeps every update until the master acknowledges it.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use berth_containerizer::{ContainerConfig, Containerizer, Recovered, Termination};
+use berth_isolators::{Limits, NetworkMode};
+use berth_proto::mesos::v1 as mesos;
+use tracing::{info, warn};
+
+use crate::{
+    checkpoint,
+    link::{AgentPort, AgentRegistration, MasterLink, RunningTask},
+    metrics::Metrics,
+    resources::ResourceSet,
+    status_updates::StatusUpdateManager,
+    task::{self, StatusRecord, TaskLimits, TaskRecord},
+};
+
+/// Label keys berth reads from a TaskInfo (berth extensions; Mesos has no field for them).
+pub mod labels {
+    /// Max processes of the task's container.
+    pub const PIDS_MAX: &str = "berth.pids_max";
+    /// Working directory of the task.
+    pub const WORKDIR: &str = "berth.workdir";
+}
+
+/// Default PATH of tasks.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Static settings of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Agent id.
+    pub id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Total resources offered.
+    pub resources: ResourceSet,
+    /// Attributes.
+    pub attributes: Vec<(String, String)>,
+    /// `<work-dir>/meta`.
+    pub meta_dir: PathBuf,
+    /// Network of tasks that do not ask for one.
+    pub default_network: NetworkMode,
+    /// pids.max of tasks that do not set one.
+    pub default_pids_max: u64,
+    /// Kill grace of tasks without a kill policy.
+    pub default_grace: Duration,
+}
+
+/// The agent.
+pub struct Agent {
+    settings: AgentSettings,
+    containerizer: Arc<Containerizer>,
+    tasks: Mutex<BTreeMap<String, TaskRecord>>,
+    kill_requests: Mutex<BTreeMap<String, Duration>>,
+    master: OnceLock<Arc<dyn MasterLink>>,
+    updates: StatusUpdateManager,
+    /// Metrics shared with the HTTP layer.
+    pub metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+/// Errors the agent reports to its callers (the HTTP API).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No task matches.
+    #[error("no task matches '{0}'")]
+    NoSuchTask(String),
+    /// More than one task matches a prefix.
+    #[error("'{0}' matches more than one task: {1}")]
+    Ambiguous(String, String),
+    /// The task ended already.
+    #[error("task {0} is already {1}")]
+    AlreadyTerminal(String, String),
+}
+
+impl Agent {
+    /// Creates the agent.
+    pub fn new(
+        settings: AgentSettings,
+        containerizer: Arc<Containerizer>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            containerizer,
+            tasks: Mutex::new(BTreeMap::new()),
+            kill_requests: Mutex::new(BTreeMap::new()),
+            master: OnceLock::new(),
+            updates: StatusUpdateManager::new(),
+            metrics,
+            started: Instant::now(),
+        })
+    }
+
+    /// The agent's settings.
+    pub fn settings(&self) -> &AgentSettings {
+        &self.settings
+    }
+
+    /// The containerizer.
+    pub fn containerizer(&self) -> &Containerizer {
+        &self.containerizer
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.settings.meta_dir.join("tasks")
+    }
+
+    /// Connects the agent to its master and registers, reporting the tasks it already runs.
+    pub fn connect(self: &Arc<Self>, master: Arc<dyn MasterLink>) {
+        let _ = self.master.set(master.clone());
+        let tasks = self
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .values()
+            .filter(|t| !task::is_terminal(&t.state))
+            .map(|t| RunningTask {
+                framework_id: t.framework_id.clone(),
+                task_id: t.id.clone(),
+                name: t.name.clone(),
+                resources: limits_resources(&t.limits),
+                state: mesos::TaskState::from_str_name(&t.state)
+                    .unwrap_or(mesos::TaskState::TaskRunning),
+            })
+            .collect();
+        master.register(AgentRegistration {
+            id: self.settings.id.clone(),
+            hostname: self.settings.hostname.clone(),
+            resources: self.settings.resources.clone(),
+            attributes: self.settings.attributes.clone(),
+            tasks,
+        });
+        // Re-send every update the master has not acknowledged yet, in order.
+        let pending: Vec<(String, String, mesos::TaskStatus)> = {
+            let tasks = self.tasks.lock().expect("tasks lock");
+            tasks
+                .values()
+                .flat_map(|t| {
+                    t.statuses
+                        .iter()
+                        .filter(|s| !s.acked && !s.uuid.is_empty())
+                        .map(|s| {
+                            (
+                                t.framework_id.clone(),
+                                t.id.clone(),
+                                s.to_proto(&t.id, &self.settings.id, &t.container_id),
+                            )
+                        })
+                })
+                .collect()
+        };
+        for (framework_id, task_id, status) in pending {
+            self.updates.enqueue(&framework_id, &task_id, status);
+        }
+        let agent = self.clone();
+        tokio::spawn(async move { agent.retry_loop().await });
+        self.flush_updates();
+    }
+
+    async fn retry_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            self.flush_updates();
+        }
+    }
+
+    fn flush_updates(&self) {
+        let Some(master) = self.master.get() else {
+            return;
+        };
+        for (framework_id, status) in self.updates.due(Instant::now()) {
+            master.status_update(&framework_id, status);
+        }
+    }
+
+    /// Loads checkpointed tasks and reconciles them with the containers found on the node.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let dir = self.tasks_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                match checkpoint::read_json::<TaskRecord>(&path) {
+                    Ok(Some(record)) => records.push(record),
+                    Ok(None) => {}
+                    Err(err) => warn!(path = %path.display(), error = %err, "skipping checkpoint"),
+                }
+            }
+        }
+        let known: Vec<String> = records
+            .iter()
+            .filter(|r| !task::is_terminal(&r.state))
+            .map(|r| r.container_id.clone())
+            .collect();
+        let recovered = self.containerizer.recover(&known).await?;
+        {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            for record in records {
+                tasks.insert(record.id.clone(), record);
+            }
+        }
+        for (container_id, outcome) in recovered {
+            let Some(task_id) = self.task_of_container(&container_id) else {
+                continue;
+            };
+            match outcome {
+                Recovered::Running { .. } => {
+                    info!(task_id = %task_id, container_id = %container_id, "reattached");
+                    let agent = self.clone();
+                    tokio::spawn(async move { agent.wait_container(task_id, container_id).await });
+                }
+                Recovered::Terminated(termination) => {
+                    self.finish(&task_id, &container_id, termination).await;
+                }
+                Recovered::Gone => {
+                    self.update(
+                        &task_id,
+                        mesos::TaskState::TaskFailed,
+                        Some("the container vanished while the agent was down".into()),
+                        Some(mesos::task_status::Reason::ExecutorTerminated),
+                    );
+                    let _ = self.containerizer.destroy(&container_id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn task_of_container(&self, container_id: &str) -> Option<String> {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .values()
+            .find(|t| t.container_id == container_id)
+            .map(|t| t.id.clone())
+    }
+
+    /// A snapshot of all task records.
+    pub fn tasks(&self) -> Vec<TaskRecord> {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Finds a task by id, unique id prefix, or name (latest task of that name).
+    pub fn find_task(&self, reference: &str) -> Result<TaskRecord, AgentError> {
+        let tasks = self.tasks.lock().expect("tasks lock");
+        if let Some(task) = tasks.get(reference) {
+            return Ok(task.clone());
+        }
+        let by_name: Vec<&TaskRecord> = tasks.values().filter(|t| t.name == reference).collect();
+        if let Some(latest) = by_name
+            .iter()
+            .filter(|t| !task::is_terminal(&t.state))
+            .chain(by_name.iter())
+            .max_by(|a, b| {
+                (!task::is_terminal(&a.state), a.created_at)
+                    .partial_cmp(&(!task::is_terminal(&b.state), b.created_at))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+        {
+            return Ok((*latest).clone());
+        }
+        let prefixed: Vec<&TaskRecord> = tasks
+            .values()
+            .filter(|t| t.id.starts_with(reference))
+            .collect();
+        match prefixed.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(AgentError::NoSuchTask(reference.to_string())),
+            many => Err(AgentError::Ambiguous(
+                reference.to_string(),
+                many.iter()
+                    .map(|t| t.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Kills a task found by reference (operator API).
+    pub fn kill_by_reference(
+        self: &Arc<Self>,
+        reference: &str,
+        grace: Option<Duration>,
+    ) -> Result<TaskRecord, AgentError> {
+        let task = self.find_task(reference)?;
+        if task::is_terminal(&task.state) {
+            return Err(AgentError::AlreadyTerminal(task.id, task.state));
+        }
+        self.kill_task(&task.framework_id, &task.id, grace);
+        Ok(task)
+    }
+
+    fn checkpoint_task(&self, record: &TaskRecord) {
+        let path = self.tasks_dir().join(format!("{}.json", record.id));
+        if let Err(err) = checkpoint::write_json(&path, record) {
+            warn!(task_id = %record.id, error = %err, "checkpoint failed");
+        }
+    }
+
+    /// Records a status update, checkpoints it, and queues it for the master.
+    fn update(
+        &self,
+        task_id: &str,
+        state: mesos::TaskState,
+        message: Option<String>,
+        reason: Option<mesos::task_status::Reason>,
+    ) {
+        let source = if reason.is_some_and(|r| {
+            matches!(
+                r,
+                mesos::task_status::Reason::ContainerLaunchFailed
+                    | mesos::task_status::Reason::ExecutorTerminated
+            )
+        }) {
+            mesos::task_status::Source::Agent
+        } else {
+            mesos::task_status::Source::Executor
+        };
+        let record = StatusRecord {
+            state: state.as_str_name().to_string(),
+            timestamp: task::now(),
+            message,
+            reason: reason.map(|r| r.as_str_name().to_string()),
+            source: source.as_str_name().to_string(),
+            uuid: task::hex_encode(uuid::Uuid::new_v4().as_bytes()),
+            acked: false,
+        };
+        let (framework_id, status) = {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            let Some(task) = tasks.get_mut(task_id) else {
+                warn!(task_id, "update for unknown task");
+                return;
+            };
+            if task::is_terminal(&task.state) {
+                return;
+            }
+            task.state = record.state.clone();
+            if state == mesos::TaskState::TaskRunning && task.started_at.is_none() {
+                task.started_at = Some(record.timestamp);
+            }
+            let status = record.to_proto(&task.id, &self.settings.id, &task.container_id);
+            task.statuses.push(record);
+            // Checkpointed before it is sent: nothing is lost on a crash.
+            self.checkpoint_task(task);
+            (task.framework_id.clone(), status)
+        };
+        info!(task_id, state = state.as_str_name(), "status update");
+        self.updates.enqueue(&framework_id, task_id, status);
+        self.flush_updates();
+    }
+
+    async fn launch(self: Arc<Self>, task_id: String, config: ContainerConfig) {
+        let begun = Instant::now();
+        let container_id = config.id.clone();
+        match self.containerizer.launch(config).await {
+            Ok(launched) => {
+                self.metrics.launch_succeeded(begun.elapsed());
+                if let Some(task) = self.tasks.lock().expect("tasks lock").get_mut(&task_id) {
+                    task.pid = Some(launched.pid);
+                }
+                self.update(&task_id, mesos::TaskState::TaskRunning, None, None);
+                let pending_kill = self
+                    .kill_requests
+                    .lock()
+                    .expect("kill lock")
+                    .remove(&task_id);
+                if let Some(grace) = pending_kill {
+                    let _ = self.containerizer.kill(&container_id, grace).await;
+                }
+                self.wait_container(task_id, container_id).await;
+            }
+            Err(err) => {
+                self.metrics.launch_failed();
+                self.update(
+                    &task_id,
+                    mesos::TaskState::TaskFailed,
+                    Some(format!("launch failed: {err}")),
+                    Some(mesos::task_status::Reason::ContainerLaunchFailed),
+                );
+            }
+        }
+    }
+
+    async fn wait_container(self: Arc<Self>, task_id: String, container_id: String) {
+        match self.containerizer.wait(&container_id).await {
+            Ok(termination) => self.finish(&task_id, &container_id, termination).await,
+            Err(err) => {
+                self.update(
+                    &task_id,
+                    mesos::TaskState::TaskFailed,
+                    Some(format!("waiting for the container failed: {err}")),
+                    Some(mesos::task_status::Reason::ExecutorTerminated),
+                );
+                let _ = self.containerizer.destroy(&container_id).await;
+            }
+        }
+    }
+
+    async fn finish(&self, task_id: &str, container_id: &str, termination: Termination) {
+        let (state, message, reason, code) = terminal_status(&termination);
+        if let Some(task) = self.tasks.lock().expect("tasks lock").get_mut(task_id) {
+            task.exit_code = code;
+            task.pid = None;
+        }
+        self.update(task_id, state, Some(message), reason);
+        if let Err(err) = self.containerizer.destroy(container_id).await {
+            warn!(task_id, container_id, error = %err, "destroy after exit");
+        }
+    }
+
+    /// Kills every running task and waits for them to end (used on shutdown in `--dev` mode).
+    pub async fn kill_all(self: &Arc<Self>, grace: Duration) {
+        let running: Vec<(String, String)> = self
+            .tasks()
+            .into_iter()
+            .filter(|t| !task::is_terminal(&t.state))
+            .map(|t| (t.framework_id, t.id))
+            .collect();
+        for (framework_id, task_id) in &running {
+            self.kill_task(framework_id, task_id, Some(grace));
+        }
+        let deadline = Instant::now() + grace + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && (self.tasks().iter().any(|t| !task::is_terminal(&t.state))
+                || !self.containerizer.container_ids().is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn grace_of(&self, task_id: &str) -> Duration {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .get(task_id)
+            .map(|t| Duration::from_secs_f64(t.grace_secs))
+            .unwrap_or(self.settings.default_grace)
+    }
+}
+
+/// Maps a container's end to a task state, message, reason and exit code.
+fn terminal_status(
+    termination: &Termination,
+) -> (
+    mesos::TaskState,
+    String,
+    Option<mesos::task_status::Reason>,
+    Option<i32>,
+) {
+    use mesos::{TaskState, task_status::Reason};
+    let Some(status) = &termination.status else {
+        return (
+            TaskState::TaskFailed,
+            "the container ended without an exit record".into(),
+            Some(Reason::ExecutorTerminated),
+            None,
+        );
+    };
+    let code = Some(status.shell_code());
+    if let Some(berth_isolators::Limitation::Memory { message }) = &termination.limitation {
+        return (
+            TaskState::TaskFailed,
+            format!("Memory limit exceeded: {message}"),
+            Some(Reason::ContainerLimitationMemory),
+            code,
+        );
+    }
+    if let Some(error) = &status.launch_error {
+        return (
+            TaskState::TaskFailed,
+            format!("Failed to launch the command: {error}"),
+            Some(Reason::CommandExecutorFailed),
+            code,
+        );
+    }
+    if status.killed_by_request {
+        let how = match (status.code, status.signal) {
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            (Some(c), _) => format!("exited with status {c}"),
+            _ => "ended".into(),
+        };
+        return (
+            TaskState::TaskKilled,
+            format!("Command {how} after a kill request"),
+            None,
+            code,
+        );
+    }
+    match (status.code, status.signal) {
+        (Some(0), _) => (
+            TaskState::TaskFinished,
+            "Command exited with status 0".into(),
+            None,
+            code,
+        ),
+        (Some(c), _) => (
+            TaskState::TaskFailed,
+            format!("Command exited with status {c}"),
+            Some(Reason::CommandExecutorFailed),
+            code,
+        ),
+        (None, Some(sig)) => (
+            TaskState::TaskFailed,
+            format!(
+                "Command terminated with signal {sig} ({})",
+                signal_name(sig)
+            ),
+            Some(Reason::CommandExecutorFailed),
+            code,
+        ),
+        (None, None) => (
+            TaskState::TaskFailed,
+            "Command ended in an unknown way".into(),
+            Some(Reason::ExecutorTerminated),
+            code,
+        ),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str())
+        .unwrap_or("unknown")
+}
+
+fn limits_resources(limits: &TaskLimits) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    set.scalars.insert("cpus".into(), limits.cpus);
+    set.scalars.insert("mem".into(), limits.mem_mb);
+    set
+}
+
+fn label<'a>(task: &'a mesos::TaskInfo, key: &str) -> Option<&'a str> {
+    task.labels
+        .as_ref()?
+        .labels
+        .iter()
+        .find(|l| l.key == key)
+        .and_then(|l| l.value.as_deref())
+}
+
+/// Builds the container config of a task, or says why the task is invalid.
+fn container_config(
+    settings: &AgentSettings,
+    framework_id: &str,
+    container_id: &str,
+    task: &mesos::TaskInfo,
+    sandbox: &std::path::Path,
+) -> Result<(ContainerConfig, TaskLimits), String> {
+    let command = task
+        .command
+        .as_ref()
+        .ok_or("the task has no command (executors are not supported yet)")?;
+    let argv = if command.shell() {
+        let value = command
+            .value
+            .clone()
+            .ok_or("shell command without a value")?;
+        vec!["/bin/sh".to_string(), "-c".to_string(), value]
+    } else if !command.arguments.is_empty() {
+        command.arguments.clone()
+    } else {
+        vec![command.value.clone().ok_or("command without a value")?]
+    };
+    let resources = ResourceSet::from_proto(&task.resources);
+    let cpus = resources.scalar("cpus");
+    let mem_mb = resources.scalar("mem");
+    if cpus <= 0.0 {
+        return Err("the task asks for no cpus".into());
+    }
+    if mem_mb < 4.0 {
+        return Err(format!(
+            "the task asks for {mem_mb} MB of memory; at least 4 MB are needed"
+        ));
+    }
+    let pids = match label(task, labels::PIDS_MAX) {
+        Some(text) => Some(text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!(
+                "label {}={text:?} is not a positive number",
+                labels::PIDS_MAX
+            )
+        })?),
+        None => Some(settings.default_pids_max),
+    };
+    let network = match task
+        .container
+        .as_ref()
+        .and_then(|c| c.network_infos.first())
+        .and_then(|n| n.name.as_deref())
+    {
+        None => settings.default_network,
+        Some("host") => NetworkMode::Host,
+        Some("none") => NetworkMode::None,
+        Some(other) => {
+            return Err(format!(
+                "unknown network {other:?} (berth has 'host' and 'none')"
+            ));
+        }
+    };
+    let mut env = vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOME".to_string(), "/root".to_string()),
+        ("MESOS_SANDBOX".to_string(), sandbox.display().to_string()),
+        ("MESOS_TASK_ID".to_string(), task.task_id.value.clone()),
+        ("MESOS_FRAMEWORK_ID".to_string(), framework_id.to_string()),
+        ("MESOS_AGENT_ID".to_string(), settings.id.clone()),
+        ("MESOS_CONTAINER_ID".to_string(), container_id.to_string()),
+    ];
+    if let Some(environment) = &command.environment {
+        for variable in &environment.variables {
+            let value = variable.value.clone().unwrap_or_default();
+            env.retain(|(k, _)| k != &variable.name);
+            env.push((variable.name.clone(), value));
+        }
+    }
+    let hostname = sanitize_hostname(&task.task_id.value);
+    let limits = TaskLimits { cpus, mem_mb, pids };
+    Ok((
+        ContainerConfig {
+            id: container_id.to_string(),
+            argv,
+            env,
+            cwd: label(task, labels::WORKDIR).map(PathBuf::from),
+            limits: Limits {
+                cpus,
+                mem_bytes: (mem_mb * 1024.0 * 1024.0) as u64,
+                pids_max: pids,
+            },
+            network,
+            hostname,
+        },
+        limits,
+    ))
+}
+
+fn sanitize_hostname(text: &str) -> String {
+    let mut name: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        "berth".into()
+    } else {
+        name
+    }
+}
+
+impl AgentPort for Arc<Agent> {
+    fn run_task(&self, framework: &mesos::FrameworkInfo, task: mesos::TaskInfo) {
+        let framework_id = framework
+            .id
+            .as_ref()
+            .map(|f| f.value.clone())
+            .unwrap_or_default();
+        let task_id = task.task_id.value.clone();
+        let container_id = uuid::Uuid::new_v4().to_string();
+        let sandbox = self.containerizer.sandbox_dir(&container_id);
+        let grace = task
+            .kill_policy
+            .as_ref()
+            .and_then(|k| k.grace_period.as_ref())
+            .map(|d| Duration::from_nanos(d.nanoseconds.max(0) as u64))
+            .unwrap_or(self.settings.default_grace);
+        let built = container_config(
+            &self.settings,
+            &framework_id,
+            &container_id,
+            &task,
+            &sandbox,
+        );
+        let limits = built.as_ref().map(|(_, l)| *l).unwrap_or(TaskLimits {
+            cpus: 0.0,
+            mem_mb: 0.0,
+            pids: None,
+        });
+        {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            if tasks.contains_key(&task_id) {
+                drop(tasks);
+                warn!(task_id, "duplicate task id");
+                // The existing task keeps its record; the master rejects duplicates before this.
+                return;
+            }
+            let record = TaskRecord {
+                id: task_id.clone(),
+                name: task.name.clone(),
+                framework_id: framework_id.clone(),
+                container_id: container_id.clone(),
+                task_info: berth_proto::codec::to_json(&task),
+                limits,
+                state: mesos::TaskState::TaskStaging.as_str_name().to_string(),
+                statuses: Vec::new(),
+                pid: None,
+                created_at: task::now(),
+                started_at: None,
+                exit_code: None,
+                grace_secs: grace.as_secs_f64(),
+            };
+            self.checkpoint_task(&record);
+            tasks.insert(task_id.clone(), record);
+        }
+        match built {
+            Ok((config, _)) => {
+                self.update(&task_id, mesos::TaskState::TaskStarting, None, None);
+                tokio::spawn(self.clone().launch(task_id, config));
+            }
+            Err(reason) => self.update(
+                &task_id,
+                mesos::TaskState::TaskError,
+                Some(reason),
+                Some(mesos::task_status::Reason::TaskInvalid),
+            ),
+        }
+    }
+
+    fn kill_task(&self, _framework_id: &str, task_id: &str, grace: Option<Duration>) {
+        let grace = grace.unwrap_or_else(|| self.grace_of(task_id));
+        let Some(task) = self.tasks.lock().expect("tasks lock").get(task_id).cloned() else {
+            warn!(task_id, "kill of unknown task");
+            return;
+        };
+        if task::is_terminal(&task.state) {
+            return;
+        }
+        if task.state != "TASK_RUNNING" {
+            // Still launching: the launch path kills it as soon as it runs.
+            self.kill_requests
+                .lock()
+                .expect("kill lock")
+                .insert(task_id.to_string(), grace);
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = agent.containerizer.kill(&task.container_id, grace).await {
+                warn!(task_id = %task.id, error = %err, "kill");
+            }
+        });
+    }
+
+    fn acknowledge(&self, _framework_id: &str, task_id: &str, uuid: &[u8]) {
+        if !self.updates.acknowledge(task_id, uuid) {
+            return;
+        }
+        let hex = task::hex_encode(uuid);
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        if let Some(task) = tasks.get_mut(task_id) {
+            if let Some(status) = task.statuses.iter_mut().find(|s| s.uuid == hex) {
+                status.acked = true;
+            }
+            self.checkpoint_task(task);
+        }
+        drop(tasks);
+        self.flush_updates();
+    }
+
+    fn shutdown_framework(&self, framework_id: &str) {
+        let ids: Vec<String> = self
+            .tasks()
+            .into_iter()
+            .filter(|t| t.framework_id == framework_id && !task::is_terminal(&t.state))
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            self.kill_task(framework_id, &id, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_executor::ExitStatus;
+
+    fn exit(code: Option<i32>, signal: Option<i32>, killed: bool) -> Termination {
+        Termination {
+            status: Some(ExitStatus {
+                code,
+                signal,
+                killed_by_request: killed,
+                launch_error: None,
+                at: 0.0,
+            }),
+            limitation: None,
+        }
+    }
+
+    #[test]
+    fn exit_statuses_map_to_task_states() {
+        use mesos::TaskState::*;
+        assert_eq!(terminal_status(&exit(Some(0), None, false)).0, TaskFinished);
+        let (state, message, _, code) = terminal_status(&exit(Some(3), None, false));
+        assert_eq!((state, code), (TaskFailed, Some(3)));
+        assert!(message.contains("status 3"));
+        let (state, message, _, code) = terminal_status(&exit(None, Some(9), false));
+        assert_eq!((state, code), (TaskFailed, Some(137)));
+        assert!(message.contains("signal 9"), "{message}");
+        assert_eq!(terminal_status(&exit(None, Some(15), true)).0, TaskKilled);
+        let mut oom = exit(None, Some(9), false);
+        oom.limitation = Some(berth_isolators::Limitation::Memory {
+            message: "x".into(),
+        });
+        assert_eq!(
+            terminal_status(&oom).2,
+            Some(mesos::task_status::Reason::ContainerLimitationMemory)
+        );
+    }
+
+    #[test]
+    fn hostnames_are_sanitized() {
+        assert_eq!(sanitize_hostname("Web_1.x"), "web-1-x");
+        assert_eq!(sanitize_hostname("___"), "berth");
+        assert_eq!(sanitize_hostname(&"a".repeat(100)).len(), 63);
+    }
+}

@@ -1,0 +1,237 @@
+//! The `berth` command line: argument tables (clap) and one module per verb. Every verb talks to
+//! an agent's HTTP API; `run` is a Mesos v1 scheduler (a framework) of its own.
+
+pub mod client;
+pub mod ops;
+pub mod run;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::daemon::AgentFlags;
+
+/// berth: a container node agent with an embedded master for development.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The agent's HTTP address.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_AGENT",
+        default_value = "http://127.0.0.1:5051"
+    )]
+    pub agent: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent.
+    Agent(Box<AgentFlags>),
+    /// Run a command as a task (a framework on the scheduler API) and stream its output.
+    Run(RunArgs),
+    /// List tasks.
+    Ps(PsArgs),
+    /// Print a task's stdout and stderr.
+    Logs(LogsArgs),
+    /// Kill a task: SIGTERM, grace period, SIGKILL.
+    Kill(KillArgs),
+    /// Show everything about a task as JSON.
+    Inspect(TaskRef),
+}
+
+/// Arguments of `berth run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// CPUs (fractional, e.g. 0.5).
+    #[arg(long, default_value = "1", value_parser = parse_cpus)]
+    pub cpus: f64,
+    /// Memory limit: bytes, or with a suffix K, M, G (e.g. 64M).
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Max processes and threads in the container.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// Task name (also usable as its reference in other commands).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the task id once it runs, and leave it running.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Environment variable (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory of the command (default: the task's sandbox).
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// Network: none (private, loopback only) or host.
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    pub network: String,
+    /// Seconds between SIGTERM and SIGKILL when the task is killed.
+    #[arg(long, default_value = "3", value_parser = parse_grace)]
+    pub grace: f64,
+    /// The command and its arguments (run directly, not through a shell).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The sample task of `berth agent --sample-task`.
+    pub fn sample(shell_command: &str) -> Self {
+        Self {
+            cpus: 0.5,
+            mem: 64 << 20,
+            pids: None,
+            name: Some("sample".into()),
+            detach: false,
+            env: Vec::new(),
+            workdir: None,
+            network: "none".into(),
+            grace: 3.0,
+            command: vec!["/bin/sh".into(), "-c".into(), shell_command.into()],
+        }
+    }
+}
+
+/// Arguments of `berth ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Include finished tasks.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `berth logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Follow the output until the task ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only stdout.
+    #[arg(long, conflicts_with = "stderr_only")]
+    pub stdout_only: bool,
+    /// Only stderr.
+    #[arg(long)]
+    pub stderr_only: bool,
+    /// Task id, unique id prefix, or name.
+    pub task: String,
+}
+
+/// Arguments of `berth kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Seconds between SIGTERM and SIGKILL (default: the task's kill policy).
+    #[arg(long, value_parser = parse_grace)]
+    pub grace: Option<f64>,
+    /// Task id, unique id prefix, or name.
+    pub task: String,
+}
+
+/// A task reference.
+#[derive(Debug, Args)]
+pub struct TaskRef {
+    /// Task id, unique id prefix, or name.
+    pub task: String,
+}
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !value.is_finite() || value < 0.01 {
+        return Err(format!("{text} must be at least 0.01"));
+    }
+    Ok(value)
+}
+
+fn parse_grace(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !value.is_finite() || !(0.0..=3600.0).contains(&value) {
+        return Err(format!("{text} must be between 0 and 3600 seconds"));
+    }
+    Ok(value)
+}
+
+/// Parses `64M`, `1G`, `512k`, `1048576` (bytes) into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (number, multiplier) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
+        _ => (lower, 1),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{trimmed:?} is not a size like 64M, 1G or a number of bytes"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("{trimmed} must be a positive size"));
+    }
+    let bytes = value * multiplier as f64;
+    if bytes < (4 << 20) as f64 {
+        return Err(format!("{trimmed} is below the 4M minimum"));
+    }
+    if bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("{trimmed} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains('\0') && !value.contains('\0') => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("8388608").unwrap(), 8 << 20);
+        assert!(parse_size("-5").is_err());
+        assert!(parse_size("1k").unwrap_err().contains("minimum"));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn cpus_env_grace() {
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("nan").is_err());
+        assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_grace("-1").is_err());
+    }
+
+    #[test]
+    fn cli_parses_run_with_trailing_command() {
+        let cli =
+            Cli::try_parse_from(["berth", "run", "--cpus", "0.5", "--", "sh", "-c", "echo hi"])
+                .unwrap();
+        match cli.command {
+            Command::Run(args) => assert_eq!(args.command, ["sh", "-c", "echo hi"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["berth", "run", "--mem", "-5", "--", "true"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "run", "--bogus", "--", "true"]).is_err());
+    }
+}

@@ -1,0 +1,777 @@
+//! The embedded single-node master of `berth agent --dev`: an offer-based allocator for the one
+//! agent it knows, serving the Mesos v1 scheduler HTTP API ([`scheduler_api`]).
+//!
+//! Allocation follows Mesos: the resources not held by tasks or by outstanding offers are offered
+//! whole to one subscribed framework at a time (round-robin), skipping frameworks that are
+//! suppressed or that declined with a filter still in force; an accept's unused remainder and
+//! declined offers return to the pool, and the next framework is offered it. Offers not answered
+//! within [`OFFER_TIMEOUT`] are rescinded. A framework whose event stream closes has its offers
+//! rescinded and, after its `failover_timeout`, its tasks killed.
+
+pub mod scheduler_api;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use berth_proto::mesos::v1::{self as mesos, scheduler};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    link::{AgentPort, AgentRegistration, MasterLink},
+    resources::ResourceSet,
+    task,
+};
+
+/// Offers not answered within this time are rescinded.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeat interval announced to frameworks.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// Default refuse_seconds of a decline (Mesos: 5 s).
+const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
+
+struct Framework {
+    info: mesos::FrameworkInfo,
+    stream: Option<(String, mpsc::UnboundedSender<scheduler::Event>)>,
+    filtered_until: Option<Instant>,
+    suppressed: bool,
+    disconnected_at: Option<Instant>,
+}
+
+struct OutstandingOffer {
+    framework_id: String,
+    resources: ResourceSet,
+    created: Instant,
+}
+
+struct MasterTask {
+    framework_id: String,
+    name: String,
+    resources: ResourceSet,
+    state: mesos::TaskState,
+    latest: Option<mesos::TaskStatus>,
+}
+
+#[derive(Default)]
+struct State {
+    agent: Option<AgentRegistration>,
+    frameworks: BTreeMap<String, Framework>,
+    offers: HashMap<String, OutstandingOffer>,
+    tasks: HashMap<String, MasterTask>,
+    round_robin: usize,
+}
+
+/// Errors of scheduler calls, mapped to HTTP statuses at the API boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The call is malformed or refers to nothing valid (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The framework is not subscribed or the stream id does not match (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// The embedded master.
+pub struct EmbeddedMaster {
+    id: String,
+    state: Mutex<State>,
+    agent: OnceLock<Arc<dyn AgentPort>>,
+}
+
+impl EmbeddedMaster {
+    /// A master with no agent yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            state: Mutex::new(State::default()),
+            agent: OnceLock::new(),
+        })
+    }
+
+    /// Gives the master its agent and starts the allocation timer.
+    pub fn attach(self: &Arc<Self>, agent: Arc<dyn AgentPort>) {
+        let _ = self.agent.set(agent);
+        let master = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                master.expire();
+                master.allocate();
+            }
+        });
+    }
+
+    fn agent(&self) -> Option<&Arc<dyn AgentPort>> {
+        self.agent.get()
+    }
+
+    /// The master's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn master_info(&self) -> mesos::MasterInfo {
+        mesos::MasterInfo {
+            id: self.id.clone(),
+            ip: u32::from(std::net::Ipv4Addr::LOCALHOST),
+            port: 5050,
+            hostname: Some("localhost".into()),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            ..Default::default()
+        }
+    }
+
+    /// Number of subscribed frameworks and outstanding offers (for metrics/state).
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.state.lock().expect("master lock");
+        (state.frameworks.len(), state.offers.len())
+    }
+
+    /// Subscribes (or re-subscribes) a framework; returns its id, the stream id and the event
+    /// receiver whose first event is SUBSCRIBED.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        mut info: mesos::FrameworkInfo,
+    ) -> (String, String, mpsc::UnboundedReceiver<scheduler::Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        let framework_id = match &info.id {
+            Some(id) if !id.value.is_empty() => id.value.clone(),
+            _ => format!(
+                "{}-{:04}",
+                self.id,
+                self.state.lock().expect("master lock").frameworks.len()
+            ),
+        };
+        info.id = Some(mesos::FrameworkId {
+            value: framework_id.clone(),
+        });
+        let subscribed = scheduler::Event {
+            r#type: Some(scheduler::event::Type::Subscribed as i32),
+            subscribed: Some(scheduler::event::Subscribed {
+                framework_id: mesos::FrameworkId {
+                    value: framework_id.clone(),
+                },
+                heartbeat_interval_seconds: Some(HEARTBEAT_INTERVAL.as_secs_f64()),
+                master_info: Some(self.master_info()),
+            }),
+            ..Default::default()
+        };
+        let _ = tx.send(subscribed);
+        {
+            let mut state = self.state.lock().expect("master lock");
+            // A failover replaces the previous connection, which is told so.
+            if let Some(old) = state.frameworks.get(&framework_id) {
+                if let Some((_, old_tx)) = &old.stream {
+                    let _ = old_tx.send(error_event("Framework failed over"));
+                }
+            }
+            let rescinded = rescind_offers_of(&mut state, &framework_id);
+            debug!(framework_id, rescinded, "subscribe");
+            state.frameworks.insert(
+                framework_id.clone(),
+                Framework {
+                    info,
+                    stream: Some((stream_id.clone(), tx)),
+                    filtered_until: None,
+                    suppressed: false,
+                    disconnected_at: None,
+                },
+            );
+        }
+        info!(framework_id, "framework subscribed");
+        self.allocate();
+        (framework_id, stream_id, rx)
+    }
+
+    /// The framework's event stream closed.
+    pub fn disconnected(self: &Arc<Self>, framework_id: &str, stream_id: &str) {
+        let mut state = self.state.lock().expect("master lock");
+        let Some(framework) = state.frameworks.get_mut(framework_id) else {
+            return;
+        };
+        if framework.stream.as_ref().map(|(id, _)| id.as_str()) != Some(stream_id) {
+            return; // an older stream of a framework that failed over
+        }
+        framework.stream = None;
+        framework.disconnected_at = Some(Instant::now());
+        rescind_offers_of(&mut state, framework_id);
+        drop(state);
+        info!(framework_id, "framework disconnected");
+        self.expire();
+        self.allocate();
+    }
+
+    /// Checks that a call comes from the subscribed connection of its framework.
+    pub fn authorize(
+        &self,
+        framework_id: &str,
+        stream_id: Option<&str>,
+    ) -> Result<(), MasterError> {
+        let state = self.state.lock().expect("master lock");
+        let framework = state.frameworks.get(framework_id).ok_or_else(|| {
+            MasterError::Forbidden(format!("framework {framework_id} is not subscribed"))
+        })?;
+        match (&framework.stream, stream_id) {
+            (Some((expected, _)), Some(given)) if expected == given => Ok(()),
+            (Some(_), _) => Err(MasterError::BadRequest(
+                "the Mesos-Stream-Id header is missing or does not match the subscription".into(),
+            )),
+            (None, _) => Err(MasterError::Forbidden(format!(
+                "framework {framework_id} is not connected"
+            ))),
+        }
+    }
+
+    fn send(state: &State, framework_id: &str, event: scheduler::Event) {
+        if let Some((_, tx)) = state
+            .frameworks
+            .get(framework_id)
+            .and_then(|f| f.stream.as_ref())
+        {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Offers the free resources to the next eligible framework.
+    pub fn allocate(&self) {
+        let mut state = self.state.lock().expect("master lock");
+        let Some(agent) = state.agent.clone() else {
+            return;
+        };
+        if !state.offers.is_empty() {
+            return; // one offer at a time holds everything that is free
+        }
+        let mut free = agent.resources.clone();
+        for task in state.tasks.values() {
+            if !task::is_terminal(task.state.as_str_name()) {
+                free.subtract(&task.resources);
+            }
+        }
+        if free.scalar("cpus") < 0.01 || free.scalar("mem") < 4.0 {
+            return;
+        }
+        let now = Instant::now();
+        let eligible: Vec<String> = state
+            .frameworks
+            .iter()
+            .filter(|(_, f)| {
+                f.stream.is_some() && !f.suppressed && f.filtered_until.is_none_or(|t| t <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if eligible.is_empty() {
+            return;
+        }
+        let pick = eligible[state.round_robin % eligible.len()].clone();
+        state.round_robin = state.round_robin.wrapping_add(1);
+        let offer_id = uuid::Uuid::new_v4().to_string();
+        let mut attributes = Vec::new();
+        for (name, value) in &agent.attributes {
+            attributes.push(text_attribute(name, value));
+        }
+        let offer = mesos::Offer {
+            id: mesos::OfferId {
+                value: offer_id.clone(),
+            },
+            framework_id: mesos::FrameworkId {
+                value: pick.clone(),
+            },
+            agent_id: mesos::AgentId {
+                value: agent.id.clone(),
+            },
+            hostname: agent.hostname.clone(),
+            resources: free.to_proto(),
+            attributes,
+            ..Default::default()
+        };
+        state.offers.insert(
+            offer_id,
+            OutstandingOffer {
+                framework_id: pick.clone(),
+                resources: free,
+                created: now,
+            },
+        );
+        let event = scheduler::Event {
+            r#type: Some(scheduler::event::Type::Offers as i32),
+            offers: Some(scheduler::event::Offers {
+                offers: vec![offer],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Self::send(&state, &pick, event);
+    }
+
+    /// Rescinds stale offers and tears down frameworks whose failover timeout passed.
+    fn expire(&self) {
+        let now = Instant::now();
+        let mut teardown = Vec::new();
+        {
+            let mut state = self.state.lock().expect("master lock");
+            let stale: Vec<String> = state
+                .offers
+                .iter()
+                .filter(|(_, o)| now.duration_since(o.created) > OFFER_TIMEOUT)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for offer_id in stale {
+                if let Some(offer) = state.offers.remove(&offer_id) {
+                    Self::send(&state, &offer.framework_id, rescind_event(&offer_id));
+                }
+            }
+            for (id, framework) in &state.frameworks {
+                if let Some(at) = framework.disconnected_at {
+                    let timeout = Duration::from_secs_f64(
+                        framework
+                            .info
+                            .failover_timeout
+                            .unwrap_or(0.0)
+                            .clamp(0.0, 1e9),
+                    );
+                    if now.duration_since(at) >= timeout {
+                        teardown.push(id.clone());
+                    }
+                }
+            }
+        }
+        for id in teardown {
+            info!(framework_id = %id, "failover timeout passed: tearing the framework down");
+            self.teardown(&id);
+        }
+    }
+
+    /// TEARDOWN: kills the framework's tasks and forgets it.
+    pub fn teardown(&self, framework_id: &str) {
+        {
+            let mut state = self.state.lock().expect("master lock");
+            rescind_offers_of(&mut state, framework_id);
+            if let Some(framework) = state.frameworks.remove(framework_id) {
+                drop(framework.stream);
+            }
+        }
+        if let Some(agent) = self.agent() {
+            agent.shutdown_framework(framework_id);
+        }
+    }
+
+    /// ACCEPT: launches the operations' tasks out of the offers' resources.
+    pub fn accept(
+        &self,
+        framework_id: &str,
+        accept: scheduler::call::Accept,
+    ) -> Result<(), MasterError> {
+        let refuse = filter_duration(accept.filters.as_ref());
+        let mut launches = Vec::new();
+        let mut errors = Vec::new();
+        let framework_info;
+        {
+            let mut state = self.state.lock().expect("master lock");
+            framework_info = state
+                .frameworks
+                .get(framework_id)
+                .map(|f| f.info.clone())
+                .ok_or_else(|| {
+                    MasterError::Forbidden(format!("framework {framework_id} unknown"))
+                })?;
+            let mut offered = ResourceSet::default();
+            let mut valid_offers = true;
+            for offer_id in &accept.offer_ids {
+                match state.offers.get(&offer_id.value) {
+                    Some(offer) if offer.framework_id == framework_id => {}
+                    _ => valid_offers = false,
+                }
+            }
+            let mut seen = HashSet::new();
+            if valid_offers {
+                for offer_id in &accept.offer_ids {
+                    if seen.insert(offer_id.value.clone()) {
+                        let offer = state.offers.remove(&offer_id.value).expect("checked above");
+                        offered.add(&offer.resources);
+                    }
+                }
+            }
+            let agent_id = state
+                .agent
+                .as_ref()
+                .map(|a| a.id.clone())
+                .unwrap_or_default();
+            for operation in accept.operations {
+                let tasks: Vec<mesos::TaskInfo> = match operation.r#type() {
+                    mesos::offer::operation::Type::Launch => {
+                        operation.launch.map(|l| l.task_infos).unwrap_or_default()
+                    }
+                    mesos::offer::operation::Type::LaunchGroup => operation
+                        .launch_group
+                        .map(|g| g.task_group.tasks)
+                        .unwrap_or_default(),
+                    other => {
+                        warn!(framework_id, operation = ?other, "unsupported offer operation ignored");
+                        continue;
+                    }
+                };
+                for task in tasks {
+                    let task_id = task.task_id.value.clone();
+                    let resources = ResourceSet::from_proto(&task.resources);
+                    let problem = if !valid_offers {
+                        Some((
+                            mesos::TaskState::TaskDropped,
+                            mesos::task_status::Reason::InvalidOffers,
+                            "the offer is no longer valid (rescinded, used or unknown)".to_string(),
+                        ))
+                    } else if task_id.is_empty() {
+                        Some((
+                            mesos::TaskState::TaskError,
+                            mesos::task_status::Reason::TaskInvalid,
+                            "empty task id".into(),
+                        ))
+                    } else if state.tasks.contains_key(&task_id) {
+                        Some((
+                            mesos::TaskState::TaskError,
+                            mesos::task_status::Reason::TaskInvalid,
+                            format!("task id {task_id} is already in use"),
+                        ))
+                    } else if task.agent_id.value != agent_id {
+                        Some((
+                            mesos::TaskState::TaskError,
+                            mesos::task_status::Reason::TaskInvalid,
+                            format!(
+                                "task targets agent {} but the offer is for {agent_id}",
+                                task.agent_id.value
+                            ),
+                        ))
+                    } else if let Some(missing) = offered.missing(&resources) {
+                        Some((
+                            mesos::TaskState::TaskError,
+                            mesos::task_status::Reason::TaskInvalid,
+                            format!("task uses more resources than offered: {missing}"),
+                        ))
+                    } else {
+                        None
+                    };
+                    match problem {
+                        Some((state_, reason, message)) => {
+                            errors.push((task_id, state_, reason, message))
+                        }
+                        None => {
+                            offered.subtract(&resources);
+                            state.tasks.insert(
+                                task_id,
+                                MasterTask {
+                                    framework_id: framework_id.to_string(),
+                                    name: task.name.clone(),
+                                    resources,
+                                    state: mesos::TaskState::TaskStaging,
+                                    latest: None,
+                                },
+                            );
+                            launches.push(task);
+                        }
+                    }
+                }
+            }
+            if let Some(framework) = state.frameworks.get_mut(framework_id) {
+                framework.filtered_until = Some(Instant::now() + refuse);
+            }
+            for (task_id, state_, reason, message) in &errors {
+                let mut status = mesos::TaskStatus {
+                    task_id: mesos::TaskId {
+                        value: task_id.clone(),
+                    },
+                    message: Some(message.clone()),
+                    timestamp: Some(task::now()),
+                    ..Default::default()
+                };
+                status.set_state(*state_);
+                status.set_reason(*reason);
+                status.set_source(mesos::task_status::Source::Master);
+                Self::send(&state, framework_id, update_event(status));
+            }
+        }
+        // An accept with a refuse filter of 0 lets the next framework (or this one) get the rest at once.
+        if let Some(agent) = self.agent() {
+            for task in launches {
+                agent.run_task(&framework_info, task);
+            }
+        }
+        self.allocate();
+        Ok(())
+    }
+
+    /// DECLINE: returns the offers; the framework is filtered for the refuse time.
+    pub fn decline(&self, framework_id: &str, decline: scheduler::call::Decline) {
+        {
+            let mut state = self.state.lock().expect("master lock");
+            for offer_id in &decline.offer_ids {
+                if state
+                    .offers
+                    .get(&offer_id.value)
+                    .is_some_and(|o| o.framework_id == framework_id)
+                {
+                    state.offers.remove(&offer_id.value);
+                }
+            }
+            if let Some(framework) = state.frameworks.get_mut(framework_id) {
+                framework.filtered_until =
+                    Some(Instant::now() + filter_duration(decline.filters.as_ref()));
+            }
+        }
+        self.allocate();
+    }
+
+    /// REVIVE / SUPPRESS.
+    pub fn set_suppressed(&self, framework_id: &str, suppressed: bool) {
+        {
+            let mut state = self.state.lock().expect("master lock");
+            if let Some(framework) = state.frameworks.get_mut(framework_id) {
+                framework.suppressed = suppressed;
+                if !suppressed {
+                    framework.filtered_until = None;
+                }
+            }
+        }
+        self.allocate();
+    }
+
+    /// KILL.
+    pub fn kill(&self, framework_id: &str, kill: scheduler::call::Kill) {
+        let task_id = kill.task_id.value.clone();
+        let known = {
+            let state = self.state.lock().expect("master lock");
+            match state.tasks.get(&task_id) {
+                Some(task) if task.framework_id == framework_id => true,
+                _ => {
+                    let mut status = mesos::TaskStatus {
+                        task_id: kill.task_id.clone(),
+                        message: Some("kill of an unknown task".into()),
+                        timestamp: Some(task::now()),
+                        ..Default::default()
+                    };
+                    status.set_state(mesos::TaskState::TaskLost);
+                    status.set_reason(mesos::task_status::Reason::Reconciliation);
+                    status.set_source(mesos::task_status::Source::Master);
+                    Self::send(&state, framework_id, update_event(status));
+                    false
+                }
+            }
+        };
+        if known {
+            let grace = kill
+                .kill_policy
+                .and_then(|k| k.grace_period)
+                .map(|d| Duration::from_nanos(d.nanoseconds.max(0) as u64));
+            if let Some(agent) = self.agent() {
+                agent.kill_task(framework_id, &task_id, grace);
+            }
+        }
+    }
+
+    /// ACKNOWLEDGE: passes the acknowledgement to the agent.
+    pub fn acknowledge(&self, framework_id: &str, ack: scheduler::call::Acknowledge) {
+        if let Some(agent) = self.agent() {
+            agent.acknowledge(framework_id, &ack.task_id.value, &ack.uuid);
+        }
+    }
+
+    /// RECONCILE: latest state of the named tasks, or of all the framework's tasks.
+    pub fn reconcile(&self, framework_id: &str, reconcile: scheduler::call::Reconcile) {
+        let state = self.state.lock().expect("master lock");
+        let agent_id = state.agent.as_ref().map(|a| a.id.clone());
+        let wanted: Vec<String> = if reconcile.tasks.is_empty() {
+            state
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.framework_id == framework_id)
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            reconcile
+                .tasks
+                .iter()
+                .map(|t| t.task_id.value.clone())
+                .collect()
+        };
+        for task_id in wanted {
+            let mut status = match state.tasks.get(&task_id) {
+                Some(task) if task.framework_id == framework_id => {
+                    let mut status = task.latest.clone().unwrap_or_else(|| {
+                        let mut s = mesos::TaskStatus {
+                            task_id: mesos::TaskId {
+                                value: task_id.clone(),
+                            },
+                            ..Default::default()
+                        };
+                        s.set_state(task.state);
+                        s
+                    });
+                    status.agent_id = agent_id.clone().map(|value| mesos::AgentId { value });
+                    status
+                }
+                _ => {
+                    let mut s = mesos::TaskStatus {
+                        task_id: mesos::TaskId {
+                            value: task_id.clone(),
+                        },
+                        ..Default::default()
+                    };
+                    s.set_state(mesos::TaskState::TaskLost);
+                    s
+                }
+            };
+            // Reconciliation answers carry no uuid and are not acknowledged.
+            status.uuid = None;
+            status.timestamp = Some(task::now());
+            status.set_reason(mesos::task_status::Reason::Reconciliation);
+            status.set_source(mesos::task_status::Source::Master);
+            Self::send(&state, framework_id, update_event(status));
+        }
+    }
+
+    /// The tasks the master knows, for `/state`-like views: (task id, framework id, name, state).
+    pub fn task_names(&self) -> Vec<(String, String, String, String)> {
+        let state = self.state.lock().expect("master lock");
+        state
+            .tasks
+            .iter()
+            .map(|(id, t)| {
+                (
+                    id.clone(),
+                    t.framework_id.clone(),
+                    t.name.clone(),
+                    t.state.as_str_name().into(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn text_attribute(name: &str, value: &str) -> mesos::Attribute {
+    let mut attribute = mesos::Attribute {
+        name: name.to_string(),
+        text: Some(mesos::value::Text {
+            value: value.to_string(),
+        }),
+        ..Default::default()
+    };
+    attribute.set_type(mesos::value::Type::Text);
+    attribute
+}
+
+fn rescind_offers_of(state: &mut State, framework_id: &str) -> usize {
+    let ids: Vec<String> = state
+        .offers
+        .iter()
+        .filter(|(_, o)| o.framework_id == framework_id)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &ids {
+        state.offers.remove(id);
+        if let Some((_, tx)) = state
+            .frameworks
+            .get(framework_id)
+            .and_then(|f| f.stream.as_ref())
+        {
+            let _ = tx.send(rescind_event(id));
+        }
+    }
+    ids.len()
+}
+
+fn filter_duration(filters: Option<&mesos::Filters>) -> Duration {
+    filters
+        .and_then(|f| f.refuse_seconds)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(31_536_000.0)))
+        .unwrap_or(DEFAULT_REFUSE)
+}
+
+fn rescind_event(offer_id: &str) -> scheduler::Event {
+    scheduler::Event {
+        r#type: Some(scheduler::event::Type::Rescind as i32),
+        rescind: Some(scheduler::event::Rescind {
+            offer_id: mesos::OfferId {
+                value: offer_id.to_string(),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+fn update_event(status: mesos::TaskStatus) -> scheduler::Event {
+    scheduler::Event {
+        r#type: Some(scheduler::event::Type::Update as i32),
+        update: Some(scheduler::event::Update { status }),
+        ..Default::default()
+    }
+}
+
+/// An ERROR event.
+pub fn error_event(message: &str) -> scheduler::Event {
+    scheduler::Event {
+        r#type: Some(scheduler::event::Type::Error as i32),
+        error: Some(scheduler::event::Error {
+            message: message.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+impl MasterLink for EmbeddedMaster {
+    fn register(&self, registration: AgentRegistration) {
+        let mut state = self.state.lock().expect("master lock");
+        for task in &registration.tasks {
+            state.tasks.insert(
+                task.task_id.clone(),
+                MasterTask {
+                    framework_id: task.framework_id.clone(),
+                    name: task.name.clone(),
+                    resources: task.resources.clone(),
+                    state: task.state,
+                    latest: None,
+                },
+            );
+        }
+        info!(agent_id = %registration.id, resources = %registration.resources, "agent registered");
+        state.agent = Some(registration);
+    }
+
+    fn status_update(&self, framework_id: &str, status: mesos::TaskStatus) {
+        let mut state = self.state.lock().expect("master lock");
+        let task_id = status.task_id.value.clone();
+        if let Some(task) = state.tasks.get_mut(&task_id) {
+            // Terminal updates release the task's resources at once (Mesos semantics).
+            task.state = status.state();
+            task.latest = Some(status.clone());
+        }
+        let connected = state
+            .frameworks
+            .get(framework_id)
+            .is_some_and(|f| f.stream.is_some());
+        let has_uuid = status.uuid.is_some();
+        if connected {
+            Self::send(&state, framework_id, update_event(status.clone()));
+        }
+        let terminal = task::is_terminal(status.state().as_str_name());
+        let framework_gone = !state.frameworks.contains_key(framework_id);
+        drop(state);
+        // Updates for a framework that is gone for good are acknowledged by the master itself.
+        if framework_gone && has_uuid {
+            if let Some(agent) = self.agent() {
+                agent.acknowledge(
+                    framework_id,
+                    &task_id,
+                    status.uuid.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+        if terminal {
+            self.allocate();
+        }
+    }
+}

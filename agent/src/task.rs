@@ -1,0 +1,180 @@
+//! The agent's record of one task: what was asked (the TaskInfo), where it runs (container), and
+//! every status update it went through. Checkpointed as JSON under `<work-dir>/meta/tasks/`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_proto::mesos::v1 as mesos;
+use serde::{Deserialize, Serialize};
+
+/// The agent's record of a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Task id (unique on this agent).
+    pub id: String,
+    /// Task name.
+    pub name: String,
+    /// Framework that launched it.
+    pub framework_id: String,
+    /// Container running it.
+    pub container_id: String,
+    /// The TaskInfo as Mesos JSON (kept to answer `inspect` and `/state` exactly).
+    pub task_info: serde_json::Value,
+    /// Limits the container runs with.
+    pub limits: TaskLimits,
+    /// Latest state name (`TASK_RUNNING`...).
+    pub state: String,
+    /// Status updates in order, with whether the master acknowledged each.
+    pub statuses: Vec<StatusRecord>,
+    /// Host pid of the container init while it runs.
+    pub pid: Option<i32>,
+    /// Unix time the agent accepted the task.
+    pub created_at: f64,
+    /// Unix time it reached TASK_RUNNING.
+    pub started_at: Option<f64>,
+    /// Exit code (or 128 + signal) once it ended.
+    pub exit_code: Option<i32>,
+    /// Kill grace period, seconds.
+    pub grace_secs: f64,
+}
+
+/// Limits of a task's container, as derived from its resources and labels.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct TaskLimits {
+    /// CPUs.
+    pub cpus: f64,
+    /// Memory, MB.
+    pub mem_mb: f64,
+    /// Max processes.
+    pub pids: Option<u64>,
+}
+
+/// One status update as checkpointed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusRecord {
+    /// State name.
+    pub state: String,
+    /// Unix time.
+    pub timestamp: f64,
+    /// Human message.
+    pub message: Option<String>,
+    /// Reason name (`REASON_CONTAINER_LIMITATION_MEMORY`...).
+    pub reason: Option<String>,
+    /// Source name (`SOURCE_EXECUTOR`...).
+    pub source: String,
+    /// Update uuid, hex (absent for reconciliation answers).
+    pub uuid: String,
+    /// Whether the master acknowledged it.
+    pub acked: bool,
+}
+
+impl StatusRecord {
+    /// The Mesos TaskStatus for this record.
+    pub fn to_proto(&self, task_id: &str, agent_id: &str, container_id: &str) -> mesos::TaskStatus {
+        let mut status = mesos::TaskStatus {
+            task_id: mesos::TaskId {
+                value: task_id.to_string(),
+            },
+            agent_id: Some(mesos::AgentId {
+                value: agent_id.to_string(),
+            }),
+            timestamp: Some(self.timestamp),
+            message: self.message.clone(),
+            uuid: hex_decode(&self.uuid),
+            container_status: Some(mesos::ContainerStatus {
+                container_id: Some(mesos::ContainerId {
+                    value: container_id.to_string(),
+                    parent: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        status.set_state(
+            mesos::TaskState::from_str_name(&self.state).unwrap_or(mesos::TaskState::TaskLost),
+        );
+        if let Some(reason) = self
+            .reason
+            .as_deref()
+            .and_then(mesos::task_status::Reason::from_str_name)
+        {
+            status.set_reason(reason);
+        }
+        if let Some(source) = mesos::task_status::Source::from_str_name(&self.source) {
+            status.set_source(source);
+        }
+        status
+    }
+}
+
+/// Whether a state name is terminal.
+pub fn is_terminal(state: &str) -> bool {
+    matches!(
+        state,
+        "TASK_FINISHED"
+            | "TASK_FAILED"
+            | "TASK_KILLED"
+            | "TASK_ERROR"
+            | "TASK_LOST"
+            | "TASK_DROPPED"
+            | "TASK_GONE"
+            | "TASK_GONE_BY_OPERATOR"
+    )
+}
+
+/// Now as unix seconds.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of lower-case hex (`None` for empty or invalid input).
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_terminal_states() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex_decode(&hex_encode(&bytes)).unwrap(), bytes);
+        assert!(hex_decode("abc").is_none());
+        assert!(is_terminal("TASK_KILLED"));
+        assert!(!is_terminal("TASK_RUNNING"));
+    }
+
+    #[test]
+    fn status_record_to_proto() {
+        let record = StatusRecord {
+            state: "TASK_FAILED".into(),
+            timestamp: 1.5,
+            message: Some("oom".into()),
+            reason: Some("REASON_CONTAINER_LIMITATION_MEMORY".into()),
+            source: "SOURCE_EXECUTOR".into(),
+            uuid: "00ff".into(),
+            acked: false,
+        };
+        let status = record.to_proto("t1", "a1", "c1");
+        assert_eq!(status.state(), mesos::TaskState::TaskFailed);
+        assert_eq!(
+            status.reason(),
+            mesos::task_status::Reason::ContainerLimitationMemory
+        );
+        assert_eq!(status.uuid.as_deref(), Some(&[0u8, 0xff][..]));
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors of the containerizer, each naming the container or path that failed.
+
+use std::path::PathBuf;
+
+use berth_executor::client::ClientError;
+use berth_isolators::IsolatorError;
+
+/// What can go wrong in the containerizer.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerizerError {
+    /// The id is not a valid container id.
+    #[error(transparent)]
+    InvalidId(#[from] IsolatorError),
+    /// No command to run.
+    #[error("container {0}: empty command")]
+    EmptyCommand(String),
+    /// A container with this id exists already.
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    /// No container with this id is known.
+    #[error("unknown container {0}")]
+    UnknownContainer(String),
+    /// Creating a directory failed.
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Reading a directory failed.
+    #[error("reading {path}: {source}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Removing a directory failed.
+    #[error("removing {path}: {source}")]
+    RemoveDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An isolator step failed.
+    #[error("container {id}: isolator {isolator} {step}: {source}")]
+    Isolator {
+        /// The container.
+        id: String,
+        /// The isolator's name.
+        isolator: &'static str,
+        /// prepare, isolate, usage, cleanup or recover.
+        step: &'static str,
+        /// The cause.
+        source: IsolatorError,
+    },
+    /// Talking to the container's shim failed.
+    #[error("container {id}: shim: {source}")]
+    Shim {
+        /// The container.
+        id: String,
+        /// The cause.
+        source: ClientError,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Join(String),
+}
