@@ -9,8 +9,9 @@
 //! 1. Started with `berth-executor --config <state_dir>/shim.json` ([`ShimConfig`]); detaches
 //!    into its own session.
 //! 2. Clones the container init into the requested namespaces. The init blocks on a sync pipe.
-//! 3. Prints one JSON line [`ShimReady`] on its stdout (the workload's host pid, the socket path),
-//!    then closes stdout. The containerizer attaches the pid to cgroups (isolate) at this point.
+//! 3. Binds `<state_dir>/shim.sock`, prints one JSON line [`ShimReady`] on its stdout (its own
+//!    pid and the container init's host pid), then points stdout at /dev/null. The containerizer
+//!    attaches the pid to cgroups (isolate) at this point; the socket already accepts connections.
 //! 4. Waits for [`ShimRequest::Start`] on the socket, then releases the init, which execs.
 //! 5. On exit of the workload, writes [`ExitStatus`] atomically to `<state_dir>/exit.json`, sends
 //!    [`ShimEvent::Exited`] to every connected client, and exits itself.
@@ -20,6 +21,7 @@
 
 pub mod client;
 pub mod protocol;
+/// The shim process itself (used by the `berth-executor` binary; not by the containerizer).
 pub mod shim;
 
 pub use protocol::{ExitStatus, ShimConfig, ShimEvent, ShimReady, ShimRequest};

@@ -180,15 +180,15 @@ impl Supervisor {
             if let Some(end) = self.init_end {
                 return Ok(end);
             }
-            if let Some(d) = self.kill_deadline {
-                if Instant::now() >= d {
-                    log(
-                        &self.cfg.container_id,
-                        format_args!("grace period over, SIGKILL"),
-                    );
-                    self.hard_kill();
-                    continue;
-                }
+            if let Some(d) = self.kill_deadline
+                && Instant::now() >= d
+            {
+                log(
+                    &self.cfg.container_id,
+                    format_args!("grace period over, SIGKILL"),
+                );
+                self.hard_kill();
+                continue;
             }
             let timeout: libc::c_int = match self.kill_deadline {
                 None => -1,

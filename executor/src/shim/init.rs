@@ -168,10 +168,10 @@ impl InitSpec {
             .as_ref()
             .map(|c| cstring("cwd", c.as_os_str().as_bytes()))
             .transpose()?;
-        if let Some(h) = &cfg.hostname {
-            if h.is_empty() || h.len() > 64 {
-                return Err(ShimError::InvalidConfig(format!("invalid hostname {h:?}")));
-            }
+        if let Some(h) = &cfg.hostname
+            && (h.is_empty() || h.len() > 64)
+        {
+            return Err(ShimError::InvalidConfig(format!("invalid hostname {h:?}")));
         }
         Ok(InitSpec {
             ns,
@@ -395,11 +395,11 @@ fn setup_container(spec: &InitSpec) -> Result<(), String> {
             .map_err(|e| format!("mount /proc: {}", e.desc()))?;
         }
     }
-    if ns.uts {
-        if let Some(h) = &spec.hostname {
-            nix::unistd::sethostname(OsStr::new(h))
-                .map_err(|e| format!("sethostname {h}: {}", e.desc()))?;
-        }
+    if ns.uts
+        && let Some(h) = &spec.hostname
+    {
+        nix::unistd::sethostname(OsStr::new(h))
+            .map_err(|e| format!("sethostname {h}: {}", e.desc()))?;
     }
     if ns.net {
         loopback_up().map_err(|e| format!("bring up lo: {}", e.desc()))?;
