@@ -150,7 +150,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             executor_bin.display()
         );
     }
-    let isolators: Vec<Arc<dyn Isolator>> = vec![Arc::new(cgroups), Arc::new(NamespacesIsolator)];
+    let cgroups = Arc::new(cgroups);
+    let isolators: Vec<Arc<dyn Isolator>> = vec![cgroups.clone(), Arc::new(NamespacesIsolator)];
     let containerizer = Arc::new(Containerizer::new(
         ContainerizerPaths {
             sandboxes: flags.work_dir.join("sandboxes"),
@@ -213,6 +214,14 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     server.await??;
     info!("shutting down: killing tasks");
     agent.kill_all(Duration::from_secs(3)).await;
+    // The base cgroups are berth's own: remove them when no container is left in them.
+    for dir in cgroups.base_dirs() {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => warn!(path = %dir.display(), error = %err, "base cgroup left in place"),
+        }
+    }
     Ok(())
 }
 

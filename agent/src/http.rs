@@ -143,7 +143,6 @@ async fn inspect_task(State(state): State<AppState>, Path(id): Path<String>) -> 
             "pid": task.pid,
             "sandbox": containerizer.sandbox_dir(&task.container_id),
             "cgroup": isolation.get("cgroups").cloned().unwrap_or(Value::Null),
-            "isolation": isolation,
         },
         "resources": {"cpus": task.limits.cpus, "mem_mb": task.limits.mem_mb, "pids": task.limits.pids},
         "usage": usage,
