@@ -125,7 +125,7 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
 }
 
 #[test]
-fn cgroup_cpu_limit_half_a_cpu() {
+fn cgroup_cpu_limit_half_a_cpu_alone() {
     let Some(agent) = Agent::start_or_skip() else {
         return;
     };
