@@ -228,6 +228,15 @@ impl Agent {
                 Recovered::Terminated(termination) => {
                     self.finish(&task_id, &container_id, termination).await;
                 }
+                Recovered::LaunchInterrupted => {
+                    self.update(
+                        &task_id,
+                        mesos::TaskState::TaskFailed,
+                        Some("the agent restarted while launching the task".into()),
+                        Some(mesos::task_status::Reason::ContainerLaunchFailed),
+                    );
+                    let _ = self.containerizer.destroy(&container_id).await;
+                }
                 Recovered::Gone => {
                     self.update(
                         &task_id,

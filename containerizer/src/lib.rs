@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use berth_executor::{ExitStatus, ShimConfig, client};
+use berth_executor::{ExitStatus, ShimConfig, ShimEvent, ShimRequest, client};
 use berth_isolators::{
     ContainerSpec, Isolator, LaunchInfo, Limitation, Limits, NetworkMode, Usage,
 };
@@ -90,6 +90,9 @@ pub enum Recovered {
     Terminated(Termination),
     /// No trace of the container was left (no shim, no exit record).
     Gone,
+    /// The agent died in the middle of launching it: the workload never started. Its shim
+    /// was told to kill it; the caller destroys the container.
+    LaunchInterrupted,
 }
 
 /// The containerizer. Cheap to share behind an `Arc`.
@@ -262,7 +265,7 @@ impl Containerizer {
                 id: id.clone(),
                 source,
             })?;
-        shim.send(&berth_executor::ShimRequest::Start)
+        shim.send(&ShimRequest::Start)
             .await
             .map_err(|source| ContainerizerError::Shim {
                 id: id.clone(),
@@ -316,7 +319,7 @@ impl Containerizer {
                 source,
             })?;
         let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
-        shim.send(&berth_executor::ShimRequest::Kill { grace_ms })
+        shim.send(&ShimRequest::Kill { grace_ms })
             .await
             .map_err(|source| ContainerizerError::Shim {
                 id: id.to_string(),
@@ -457,29 +460,8 @@ impl Containerizer {
     async fn recover_one(&self, id: &str) -> Recovered {
         let state_dir = self.state_dir(id);
         if client::shim_alive(&state_dir) {
-            match client::ShimClient::connect(&state_dir).await {
-                Ok(shim) => {
-                    let (exit_tx, exit_rx) = watch::channel(None);
-                    let pid = read_init_pid(&state_dir);
-                    let handle = Arc::new(ContainerHandle {
-                        id: id.to_string(),
-                        pid,
-                        state_dir: state_dir.clone(),
-                        exit: exit_rx,
-                    });
-                    self.containers
-                        .lock()
-                        .expect("containers lock")
-                        .insert(id.to_string(), handle);
-                    tokio::spawn(monitor(
-                        shim,
-                        state_dir,
-                        self.isolators.clone(),
-                        id.to_string(),
-                        exit_tx,
-                    ));
-                    return Recovered::Running { pid };
-                }
+            match self.reattach(id, &state_dir).await {
+                Ok(recovered) => return recovered,
                 Err(err) => warn!(container_id = %id, error = %err, "shim alive but unreachable"),
             }
         }
@@ -491,18 +473,78 @@ impl Containerizer {
             _ => Recovered::Gone,
         }
     }
+
+    /// Asks a live shim for its state and resumes monitoring it; a workload that was never
+    /// released (the agent died mid-launch) is killed instead.
+    async fn reattach(&self, id: &str, state_dir: &Path) -> Result<Recovered, ContainerizerError> {
+        let shim_err = |source| ContainerizerError::Shim {
+            id: id.to_string(),
+            source,
+        };
+        let mut shim = client::ShimClient::connect(state_dir)
+            .await
+            .map_err(shim_err)?;
+        shim.send(&ShimRequest::State).await.map_err(shim_err)?;
+        let (pid, started) = loop {
+            match shim.next_event().await.map_err(shim_err)? {
+                Some(ShimEvent::State { pid, started, .. }) => break (pid, started),
+                Some(ShimEvent::Exited(status)) => {
+                    let limitation = container::limitation_of(&self.isolators, id);
+                    return Ok(Recovered::Terminated(Termination::from_exit(
+                        Some(status),
+                        limitation,
+                    )));
+                }
+                Some(_) => continue,
+                None => {
+                    return Ok(match client::read_exit(state_dir).map_err(shim_err)? {
+                        Some(status) => {
+                            Recovered::Terminated(Termination::from_exit(Some(status), None))
+                        }
+                        None => Recovered::Gone,
+                    });
+                }
+            }
+        };
+        if !started {
+            warn!(container_id = %id, "workload was never started (agent died mid-launch): killing it");
+            shim.send(&ShimRequest::Kill { grace_ms: 0 })
+                .await
+                .map_err(shim_err)?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Ok(Some(event)) = shim.next_event().await {
+                    if matches!(event, ShimEvent::Exited(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            return Ok(Recovered::LaunchInterrupted);
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let handle = Arc::new(ContainerHandle {
+            id: id.to_string(),
+            pid: Some(pid),
+            state_dir: state_dir.to_path_buf(),
+            exit: exit_rx,
+        });
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(id.to_string(), handle);
+        tokio::spawn(monitor(
+            shim,
+            state_dir.to_path_buf(),
+            self.isolators.clone(),
+            id.to_string(),
+            exit_tx,
+        ));
+        Ok(Recovered::Running { pid: Some(pid) })
+    }
 }
 
 fn read_shim_pid(state_dir: &Path) -> Option<i32> {
     std::fs::read_to_string(state_dir.join("shim.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn read_init_pid(state_dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(state_dir.join("init.pid"))
         .ok()?
         .trim()
         .parse()
