@@ -121,6 +121,17 @@ fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Exists and is not a zombie (an orphaned zombie waits for the system's pid 1 to reap it).
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
 /// Processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -407,21 +418,44 @@ async fn term_ignoring_workload_is_sigkilled_after_grace() {
     }
 }
 
-/// Whether any process still has session id `sid`.
-fn session_alive(sid: i32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+/// Live (non-zombie) processes with session id `sid`.
+fn session_members(sid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            return false;
+            continue;
         };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        let member = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
                 // Fields after "(comm)": state ppid pgrp session ...
                 let rest = &s[s.rfind(')')? + 2..];
-                rest.split(' ').nth(3)?.parse::<i32>().ok()
+                let mut f = rest.split(' ');
+                let state = f.next()?;
+                let session = f.nth(2)?.parse::<i32>().ok()?;
+                Some(state != "Z" && session == sid)
             })
-            == Some(sid)
-    })
+            .unwrap_or(false);
+        if member {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether any live process still has session id `sid`.
+fn session_alive(sid: i32) -> bool {
+    !session_members(sid).is_empty()
+}
+
+/// SIGKILLs what a test container left behind in its session.
+fn kill_session(sid: i32) {
+    for pid in session_members(sid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 #[tokio::test]
@@ -734,7 +768,7 @@ async fn shim_death_before_start_releases_nothing() {
     )
     .unwrap();
     let until = Instant::now() + Duration::from_secs(5);
-    while pid_exists(ready.pid) || pid_exists(ready.shim_pid) {
+    while pid_alive(ready.pid) || pid_exists(ready.shim_pid) {
         assert!(Instant::now() < until, "init or shim survived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -745,4 +779,49 @@ async fn shim_death_before_start_releases_nothing() {
         None,
         "nobody recorded an exit"
     );
+}
+
+#[tokio::test]
+async fn shim_death_after_start_takes_the_container_down() {
+    if !require_root() {
+        return;
+    }
+    for ns in [ALL_NS, &[][..]] {
+        let sb = Sandbox::new();
+        let cfg = sb.config(&["sh", "-c", "echo $$; echo ready; sleep 300"], ns);
+        let (ready, mut c) = spawn_and_connect(&cfg).await;
+        start(&mut c, &ready).await;
+        sb.wait_stdout("ready").await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ready.shim_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(next(&mut c).await, None);
+        let sh: i32 = sb.stdout().lines().next().unwrap().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        // With a pid namespace the whole container dies with its init. Without one only the
+        // init and the workload's main process do (pdeathsig); what the workload forked
+        // (`sleep 300` here) survives: known limitation, the containerizer's cgroup kill is the
+        // backstop. Clean it up ourselves.
+        let gone = |ns: &[&str]| {
+            // (with a pid namespace `sh` is pid 2 there, not a host pid)
+            !pid_alive(ready.pid)
+                && if ns.is_empty() {
+                    !pid_alive(sh)
+                } else {
+                    !session_alive(ready.pid)
+                }
+        };
+        while !gone(ns) {
+            assert!(
+                Instant::now() < until,
+                "container survived its shim (ns {ns:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if ns.is_empty() {
+            kill_session(ready.pid);
+        }
+    }
 }

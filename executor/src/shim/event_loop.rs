@@ -457,7 +457,10 @@ impl Supervisor {
             self.id(),
             format_args!("fatal: {err}; killing the container"),
         );
-        self.hard_kill();
+        if self.init_end.is_none() {
+            // (Only while the init is unreaped: its pid, so its group id, cannot be reused.)
+            self.hard_kill();
+        }
         let end = match self.init_end {
             Some(e) => e,
             None => loop {

@@ -295,6 +295,11 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
         // cannot cause a double close or a use after close.
         unsafe { libc::close(fd) };
     }
+    // 1b. Die with the shim: a container nobody supervises (no exit record, no kill) must not
+    //     linger. With a pid namespace this takes the whole container down; the workload gets
+    //     the same treatment (see exec_workload). Before Start, EOF on the sync pipe covers a
+    //     shim that died before this call.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // 2. stdio: stdin from /dev/null, stdout/stderr to the workload's files. This also drops the
     //    init's copy of the pipe to the containerizer (the shim's stdout).
     let _ = nix::unistd::dup2_stdin(&devnull);
@@ -323,9 +328,10 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
     let _ = nix::unistd::setsid();
 
     // 6. Fork the workload. Signals stay blocked in the init (it sigwaits for them).
+    let my_pid = nix::unistd::getpid();
     // SAFETY: the init process is single-threaded (it is a clone of the single-threaded shim).
     let workload = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => exec_workload(spec, status_w.as_fd()),
+        Ok(ForkResult::Child) => exec_workload(spec, status_w.as_fd(), my_pid),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             report(
@@ -442,7 +448,7 @@ fn loopback_up() -> Result<(), Errno> {
 }
 
 /// Body of the workload (grandchild) before exec: reset signals, exec. Never returns.
-fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>) -> ! {
+fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, init_pid: Pid) -> ! {
     // Reset every disposition (Rust ignores SIGPIPE; ignored dispositions survive exec), then
     // unblock everything: signals the init forwarded before this point are delivered now.
     for sig in 1..=libc::SIGRTMAX() {
@@ -454,6 +460,12 @@ fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>) -> ! {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // Killed if the init dies first (it only does when SIGKILLed: by the shim's grace expiry,
+    // or because the shim itself died). Survives exec; the workload may change it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != init_pid {
+        exit_now(127); // the init is already gone
+    }
     // Make every inherited descriptor above stderr close-on-exec (leaked fds of the agent, ...).
     // The status pipe is already close-on-exec, so it stays usable for reporting exec errors.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags; failure
