@@ -28,6 +28,11 @@ fn main() {
             std::process::exit(run::EXIT_BERTH_ERROR);
         }
     };
+    // `berth run` exits with the task's code, so its own failures use 125 (as `docker run`).
+    let failure_code = match cli.command {
+        Command::Run(_) => run::EXIT_BERTH_ERROR,
+        _ => 1,
+    };
     let code = runtime.block_on(async move {
         let client = AgentClient::new(&cli.agent);
         let result = match cli.command {
@@ -48,11 +53,7 @@ fn main() {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("berth: {}", one_line(&err));
-                if matches!(std::env::args().nth(1).as_deref(), Some("run")) {
-                    run::EXIT_BERTH_ERROR
-                } else {
-                    1
-                }
+                failure_code
             }
         }
     });

@@ -85,14 +85,7 @@ pub async fn logs(client: &AgentClient, args: LogsArgs) -> anyhow::Result<i32> {
         .and_then(Value::as_str)
         .unwrap_or(&args.task)
         .to_string();
-    // Offsets start past the stream that was not asked for, which is then never printed.
-    let mut offsets = [0u64, 0u64];
-    if args.stderr_only {
-        offsets[0] = u64::MAX / 2;
-    }
-    if args.stdout_only {
-        offsets[1] = u64::MAX / 2;
-    }
+    let mut offsets = [(!args.stderr_only).then_some(0), (!args.stdout_only).then_some(0)];
     loop {
         let state = copy_new_output(client, &id, &mut offsets).await?;
         let done = state.as_deref().is_none_or(task::is_terminal);

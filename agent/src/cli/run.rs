@@ -393,7 +393,7 @@ impl LogFollower {
     fn start(client: AgentClient, task_id: String) -> Self {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let handle = tokio::spawn(async move {
-            let mut offsets = [0u64, 0u64];
+            let mut offsets = [Some(0), Some(0)];
             loop {
                 let last = *stopped.borrow();
                 // Ignore errors while the task is being created; the final pass reports nothing new.
@@ -413,21 +413,23 @@ impl LogFollower {
     }
 }
 
-/// Copies what is new in both streams; returns the task state the server reported.
+/// Copies what is new in stdout and stderr (a stream whose offset is `None` is skipped);
+/// returns the task state the server reported.
 pub async fn copy_new_output(
     client: &AgentClient,
     task: &str,
-    offsets: &mut [u64; 2],
+    offsets: &mut [Option<u64>; 2],
 ) -> anyhow::Result<Option<String>> {
     let mut state = None;
     for (index, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+        let Some(offset) = offsets[index].as_mut() else { continue };
         loop {
-            let (bytes, task_state) = client.get_logs(task, stream, offsets[index]).await?;
+            let (bytes, task_state) = client.get_logs(task, stream, *offset).await?;
             state = task_state;
             if bytes.is_empty() {
                 break;
             }
-            offsets[index] += bytes.len() as u64;
+            *offset += bytes.len() as u64;
             if index == 0 {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&bytes)?;
