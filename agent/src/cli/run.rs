@@ -313,8 +313,10 @@ impl Session {
                     .map(|c| c as i32);
                 match code {
                     Some(code) => {
-                        if status.reason() == mesos::task_status::Reason::ContainerLimitationMemory
-                        {
+                        let launch_failed = message.starts_with("Failed to launch");
+                        let oom = status.reason()
+                            == mesos::task_status::Reason::ContainerLimitationMemory;
+                        if launch_failed || oom {
                             eprintln!("berth: {message}");
                         }
                         code
