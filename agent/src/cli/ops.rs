@@ -85,7 +85,10 @@ pub async fn logs(client: &AgentClient, args: LogsArgs) -> anyhow::Result<i32> {
         .and_then(Value::as_str)
         .unwrap_or(&args.task)
         .to_string();
-    let mut offsets = [(!args.stderr_only).then_some(0), (!args.stdout_only).then_some(0)];
+    let mut offsets = [
+        (!args.stderr_only).then_some(0),
+        (!args.stdout_only).then_some(0),
+    ];
     loop {
         let state = copy_new_output(client, &id, &mut offsets).await?;
         let done = state.as_deref().is_none_or(task::is_terminal);

@@ -424,7 +424,9 @@ pub async fn copy_new_output(
 ) -> anyhow::Result<Option<String>> {
     let mut state = None;
     for (index, stream) in ["stdout", "stderr"].into_iter().enumerate() {
-        let Some(offset) = offsets[index].as_mut() else { continue };
+        let Some(offset) = offsets[index].as_mut() else {
+            continue;
+        };
         loop {
             let (bytes, task_state) = client.get_logs(task, stream, *offset).await?;
             state = task_state;

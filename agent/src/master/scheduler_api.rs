@@ -198,15 +198,19 @@ fn subscribe(
         framework_id,
         stream_id: stream_id.clone(),
     };
-    let events =
-        futures::stream::select(UnboundedReceiverStream::new(events).map(Some), heartbeats)
-            .filter_map(|event| async move { event })
-            .map(move |event| {
-                let _keep = &guard;
-                Ok::<_, Infallible>(Bytes::from(recordio::encode_record(&codec::encode(
-                    &event, accept,
-                ))))
-            });
+    // The stream ends when the master drops the framework's sender (TEARDOWN, failover).
+    let events = UnboundedReceiverStream::new(events)
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
+    let events = futures::stream::select(events, heartbeats)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(|item| async move { item })
+        .map(move |event| {
+            let _keep = &guard;
+            Ok::<_, Infallible>(Bytes::from(recordio::encode_record(&codec::encode(
+                &event, accept,
+            ))))
+        });
     let mut response = Response::new(Body::from_stream(events));
     let headers = response.headers_mut();
     headers.insert(
