@@ -25,7 +25,9 @@ pub enum NetworkName {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NetError {
     /// The named network does not exist (yet).
-    #[error("unknown network {0:?}: berth supports 'host' and 'none' (bridge and overlay are not built yet)")]
+    #[error(
+        "unknown network {0:?}: berth supports 'host' and 'none' (bridge and overlay are not built yet)"
+    )]
     UnknownNetwork(String),
 }
 
@@ -48,6 +50,9 @@ mod tests {
     fn parses_known_networks_and_rejects_others() {
         assert_eq!("host".parse::<NetworkName>(), Ok(NetworkName::Host));
         assert_eq!("none".parse::<NetworkName>(), Ok(NetworkName::None));
-        assert!(matches!("overlay".parse::<NetworkName>(), Err(NetError::UnknownNetwork(_))));
+        assert!(matches!(
+            "overlay".parse::<NetworkName>(),
+            Err(NetError::UnknownNetwork(_))
+        ));
     }
 }
