@@ -130,7 +130,7 @@ for d in "$TMPD"/berth-test-*; do
   stale_owner_dead "$(basename "$d")" || continue
   # processes still using it (orphaned shims), then mounts beneath it, then the directory
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF "$d/"; then
+    if tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -qF "$d/"; then
       echo "  stale process: ${p#/proc/}"; dry kill -KILL "${p#/proc/}" 2>/dev/null
     fi
   done
@@ -138,7 +138,7 @@ for d in "$TMPD"/berth-test-*; do
     | sort -r | while IFS= read -r mp; do echo "  stale mount: $mp"; dry umount -l "$mp"; done
   dry rm -rf "$d"; swept=$((swept + 1))
 done
-record sweep "ok ($swept stale objects removed)"
+if [ -n "${BERTH_SWEEP_DRY_RUN:-}" ]; then record sweep "ok ($swept stale objects found; dry run)"; else record sweep "ok ($swept stale objects removed)"; fi
 
 # ---- 3. build ---------------------------------------------------------------------------------
 say "build: cargo build --workspace --bins"
@@ -148,16 +148,17 @@ record build ok
 # ---- 4. host tests (cgroup v1 hybrid here) ----------------------------------------------------
 say "host: cargo nextest run --workspace --no-fail-fast"
 cargo nextest run --workspace --no-fail-fast \
-  --tool-config-file berth-tests:tests/nextest.toml 2>&1 | tee "$LOGDIR/host.log"
+  --tool-config-file "berth-tests:$REPO/tests/nextest.toml" 2>&1 | tee "$LOGDIR/host.log"
 host_rc=${PIPESTATUS[0]}
 HOST_COUNTS=$(sed -nE 's/\x1b\[[0-9;]*m//g; s/^ *Summary \[.*\] +(.*)$/\1/p' "$LOGDIR/host.log" | tail -1)
 if [ "$host_rc" = 0 ]; then record host ok; else record host "FAILED (cargo nextest exit $host_rc)"; fi
 
 # ---- 5. cgroup v2 microVM ---------------------------------------------------------------------
 vm_phase() {
-  say "vm: building test executables (cargo test --workspace --no-run)"
+  # only the packages whose tests run in the VM (their test executables are already built by nextest)
+  say "vm: locating test executables (cargo test -p berth-isolators -p berth-tests --no-run)"
   local json=$LOGDIR/test-artifacts.json
-  if ! cargo test --workspace --no-run --message-format=json > "$json" 2> "$LOGDIR/vm-build.log"; then
+  if ! cargo test -p berth-isolators -p berth-tests --no-run --message-format=json > "$json" 2> "$LOGDIR/vm-build.log"; then
     cat "$LOGDIR/vm-build.log" >&2
     record vm "FAILED: cargo test --no-run failed"
     return

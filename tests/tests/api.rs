@@ -62,7 +62,7 @@ fn bad_cli_input_is_rejected_and_nothing_launched() {
 fn cli_without_agent_fails_clearly() {
     // nothing listens on port 9 of loopback
     let o = berth_no_agent(&["--agent", "http://127.0.0.1:9", "ps"]);
-    assert_eq!(o.code(), 125, "{o}");
+    assert_ne!(o.code(), 0, "{o}");
     let err = o.stderr.trim();
     assert!(
         err.starts_with("berth: ") && err.lines().count() == 1,

@@ -9,7 +9,7 @@ use berth_tests::{
 };
 
 #[test]
-fn harness_finds_own_cgroups() {
+fn cgroup_harness_finds_own_cgroups() {
     let dirs = own_cgroup_dirs();
     assert!(!dirs.is_empty(), "no cgroup hierarchy found");
     for d in &dirs {
@@ -32,7 +32,7 @@ fn harness_finds_own_cgroups() {
 }
 
 #[test]
-fn harness_privileges_are_available() {
+fn cgroup_harness_privileges_are_available() {
     // CI runs as root with writable cgroups; this documents why agent tests would fail otherwise
     if std::env::var("BERTH_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1") {
         return;

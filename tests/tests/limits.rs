@@ -65,7 +65,9 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
     let Some(agent) = Agent::start_or_skip() else {
         return;
     };
-    // A bounded "bomb": up to 200 sleepers; the pids limit of 64 must stop it well before that.
+    // A bounded "bomb" in a subshell: up to 200 sleepers; the pids limit of 64 must stop it well
+    // before that. The task's main shell survives the subshell's fork failure and then `exec`s
+    // (no fork needed) so the container stays up to be inspected.
     let id = agent.run_detached(&[
         "--pids",
         "64",
@@ -74,9 +76,10 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
         "--",
         "sh",
         "-c",
-        "i=0; while [ $i -lt 200 ]; do sleep 20 & i=$((i+1)); done; wait",
+        "(i=0; while [ $i -lt 200 ]; do sleep 20 & i=$((i+1)); done; wait); echo bomb-stopped; exec sleep 60",
     ]);
     let v = agent.inspect(&id);
+    assert_eq!(v["resources"]["pids"].as_u64(), Some(64), "{v:#}");
     let paths = container_cgroup_paths(&v);
     let max_file =
         cgroup_file(&paths, "pids.max").unwrap_or_else(|| panic!("no pids.max in {paths:?}"));
@@ -87,10 +90,16 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
         max_file.display()
     );
 
+    // while the bomb runs (and after it hit the limit) the agent answers promptly
     let start = Instant::now();
     let mut peak = 0;
     let mut health_worst = Duration::ZERO;
-    while start.elapsed() < scaled(Duration::from_secs(4)) {
+    let mut stopped = false;
+    while start.elapsed() < scaled(Duration::from_secs(4)) || !stopped {
+        assert!(
+            start.elapsed() < scaled(Duration::from_secs(60)),
+            "the bomb did not report being stopped (peak pids {peak})"
+        );
         if let Some(n) = cgroup_pids_current(&paths) {
             peak = peak.max(n);
         }
@@ -98,8 +107,11 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
         let h = agent.get("/health");
         health_worst = health_worst.max(t.elapsed());
         assert_eq!(h.status, 200, "agent unhealthy during the fork bomb: {h:?}");
-        let ps = agent.berth(&["ps"]);
-        ps.assert_success();
+        agent.berth(&["ps"]).assert_success();
+        if !stopped {
+            let logs = agent.berth(&["logs", &id]);
+            stopped = logs.stdout.contains("bomb-stopped");
+        }
         thread::sleep(Duration::from_millis(200));
     }
     assert!(peak <= 64, "pids.current reached {peak} > 64");
@@ -111,16 +123,22 @@ fn cgroup_pids_limit_stops_fork_bomb_and_agent_stays_responsive() {
         health_worst < scaled(Duration::from_secs(5)),
         "/health took {health_worst:?} during the fork bomb"
     );
-    // finish quickly: whatever state it is in, end it
-    let st = agent.task_state(&id);
-    if st == "TASK_RUNNING" {
-        agent.berth(&["kill", "--grace", "1", &id]).assert_success();
-    }
-    agent.wait_for_state(
-        &id,
-        &["TASK_KILLED", "TASK_FAILED", "TASK_FINISHED"],
-        Duration::from_secs(60),
+    // the kernel refused forks at the limit (pids.events: "max N", N > 0)
+    let events = cgroup_file(&paths, "pids.events")
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    let refused: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        refused > 0,
+        "no fork was refused at the limit: pids.events = {events:?}"
     );
+    assert_eq!(agent.task_state(&id), "TASK_RUNNING");
+    agent.berth(&["kill", "--grace", "1", &id]).assert_success();
+    agent.wait_for_state(&id, &["TASK_KILLED"], Duration::from_secs(30));
     wait_paths_gone(&paths, Duration::from_secs(20));
 }
 
