@@ -1015,8 +1015,21 @@ impl Agent {
         ))
     }
 
+    /// SIGKILL the agent (simulating a crash) and reap it; its containers are left as they are.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.exit = child.wait().ok();
+        }
+    }
+
+    /// Skip the shutdown/leftovers check of `Drop` (for tests that check leftovers themselves).
+    pub fn disarm(&mut self) {
+        self.checked = true;
+    }
+
     /// Remove whatever the agent left behind: kill stray processes, unmount, remove cgroups.
-    fn force_cleanup(&self) {
+    pub fn force_cleanup(&self) {
         for (pid, _) in processes_mentioning(&[&self.work_dir, &self.runtime_dir]) {
             // SAFETY: kill(2); the pid was started (indirectly) by this test's agent.
             unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -70,3 +70,28 @@ fn harness_http_client_handles_chunked_and_length() {
     assert_eq!((r.status, r.body.as_str()), (400, "bad request"));
     server.join().unwrap();
 }
+
+/// The guard really sees leftovers: a SIGKILLed agent leaves its running container (shim process,
+/// cgroups) behind; `leftovers()` reports them and `force_cleanup()` removes them.
+#[test]
+fn cgroup_harness_detects_leftovers_of_a_killed_agent() {
+    let Some(mut agent) = berth_tests::Agent::start_or_skip() else {
+        return;
+    };
+    let id = agent.run_detached(&["--name", "orphan", "--", "sleep", "300"]);
+    let paths = berth_tests::container_cgroup_paths(&agent.inspect(&id));
+    agent.kill_hard();
+    let found = agent.leftovers();
+    agent.force_cleanup();
+    let after = agent.leftovers();
+    agent.disarm();
+    assert!(
+        found.iter().any(|l| l.starts_with("cgroup left behind")),
+        "a killed agent's container cgroups were not reported: {found:?}"
+    );
+    assert!(
+        paths.iter().all(|p| !p.exists()),
+        "force_cleanup left {paths:?}"
+    );
+    assert!(after.is_empty(), "force_cleanup left: {after:?}");
+}
