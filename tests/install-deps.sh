@@ -57,7 +57,8 @@ if ldd "$(command -v busybox)" >/dev/null 2>&1; then
   die "busybox at $(command -v busybox) is dynamically linked; the microVM needs busybox-static"
 fi
 
-# the Rust test runner
+# the Rust test runner (rustup's cargo may not be on a non-login shell's PATH)
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 if ! cargo nextest --version >/dev/null 2>&1; then
   command -v cargo >/dev/null || die "cargo not found (install Rust via rustup first)"
   say "cargo-nextest missing: cargo install cargo-nextest --locked"

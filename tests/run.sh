@@ -67,7 +67,7 @@ fatal() { # a phase the rest depends on failed
 # ---- 1. dependencies --------------------------------------------------------------------------
 say "deps: tests/install-deps.sh"
 if bash tests/install-deps.sh; then record deps ok; else fatal deps "tests/install-deps.sh failed"; fi
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 
 # ---- 2. sweep stale test objects --------------------------------------------------------------
 dry() { if [ -n "${BERTH_SWEEP_DRY_RUN:-}" ]; then echo "  (dry run) would: $*"; else "$@"; fi; }
@@ -136,7 +136,7 @@ for d in "$TMPD"/berth-test-*; do
   done
   awk -v d="$d/" 'index($5, d) == 1 || $5 == substr(d, 1, length(d) - 1) { print $5 }' /proc/self/mountinfo \
     | sort -r | while IFS= read -r mp; do echo "  stale mount: $mp"; dry umount -l "$mp"; done
-  dry rm -rf "$d"; swept=$((swept + 1))
+  echo "  stale dir: $d"; dry rm -rf "$d"; swept=$((swept + 1))
 done
 if [ -n "${BERTH_SWEEP_DRY_RUN:-}" ]; then record sweep "ok ($swept stale objects found; dry run)"; else record sweep "ok ($swept stale objects removed)"; fi
 
