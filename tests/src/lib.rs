@@ -557,6 +557,7 @@ pub struct Agent {
     stdout_path: PathBuf,
     exit: Option<ExitStatus>,
     checked: bool,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -683,6 +684,7 @@ impl Agent {
             stdout_path,
             exit: None,
             checked: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         match agent.wait_healthy(scaled(Duration::from_secs(60))) {
             Ok(()) => Ok(agent),
@@ -736,6 +738,54 @@ impl Agent {
                 ));
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the agent with SIGKILL (no cleanup of any kind) and starts it again on the same
+    /// work dir, runtime dir, cgroup base and port, as an operator restarting a crashed agent
+    /// would; waits until it is healthy. The containers' shims keep running across this.
+    #[track_caller]
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stderr = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("open agent.stderr");
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("agent")
+            .arg("--dev")
+            .arg("--work-dir")
+            .arg(&self.work_dir)
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--cgroup-base")
+            .arg(&self.base)
+            .args(&self.extra)
+            .env_remove("BERTH_AGENT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("restart the agent");
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        self.exit = None;
+        if let Err(e) = self.wait_healthy(scaled(Duration::from_secs(60))) {
+            panic!(
+                "the restarted agent did not become healthy: {e}\n{}",
+                self.stderr_tail(30)
+            );
         }
     }
 
