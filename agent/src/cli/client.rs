@@ -62,20 +62,18 @@ impl AgentClient {
 
     /// GET a JSON document.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the agent at {}", self.base))?;
-        Ok(Self::check(response).await?.json().await?)
+        self.request_json(reqwest::Method::GET, path).await
     }
 
     /// POST without a body, expecting JSON back.
     pub async fn post_json(&self, path: &str) -> anyhow::Result<Value> {
+        self.request_json(reqwest::Method::POST, path).await
+    }
+
+    async fn request_json(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
         let response = self
             .http
-            .post(self.url(path))
+            .request(method, self.url(path))
             .send()
             .await
             .with_context(|| format!("cannot reach the agent at {}", self.base))?;
