@@ -86,7 +86,7 @@ w(
     f"on {meta.get('NPROC', '?')} CPUs"
 )
 try:
-    if float(meta.get("LOAD_START", "0").split()[0]) > 1.0:
+    if float(meta.get("LOAD_START", "0").split()[0]) > float(meta.get("NPROC", "1")):
         w("WARNING: the machine was busy when the run started: numbers are noisy; rerun on a quiet machine")
 except ValueError:
     pass
