@@ -220,8 +220,21 @@ impl Agent {
                 continue;
             };
             match outcome {
-                Recovered::Running { .. } => {
+                Recovered::Running { pid } => {
                     info!(task_id = %task_id, container_id = %container_id, "reattached");
+                    // The agent may have died after releasing the workload but before it
+                    // reported TASK_RUNNING: report it now.
+                    let state = {
+                        let mut tasks = self.tasks.lock().expect("tasks lock");
+                        let task = tasks.get_mut(&task_id);
+                        task.map(|t| {
+                            t.pid = pid.or(t.pid);
+                            t.state.clone()
+                        })
+                    };
+                    if state.as_deref() != Some("TASK_RUNNING") {
+                        self.update(&task_id, mesos::TaskState::TaskRunning, None, None);
+                    }
                     let agent = self.clone();
                     tokio::spawn(async move { agent.wait_container(task_id, container_id).await });
                 }
