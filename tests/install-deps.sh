@@ -23,7 +23,7 @@ PKGS=(
   hyperfine         # benchmarks
   cpio gzip xz-utils kmod # building the initramfs (modules may be .ko.xz)
   util-linux        # nsenter, unshare, mount
-  jq                # JSON in scripts
+  jq python3                # JSON in scripts
   curl              # poking the agent's HTTP API by hand / in scripts
   ca-certificates
 )
