@@ -25,10 +25,8 @@ use std::{
     time::Duration,
 };
 
-use berth_executor::{ExitStatus, ShimConfig, ShimEvent, ShimRequest, client};
-use berth_isolators::{
-    ContainerSpec, Isolator, LaunchInfo, Limitation, Limits, NetworkMode, Usage,
-};
+use berth_executor::{ShimConfig, ShimEvent, ShimRequest, client};
+use berth_isolators::{ContainerSpec, Isolator, LaunchInfo, Limits, NetworkMode, Usage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -559,8 +557,3 @@ fn kill_pid(pid: i32) {
         );
     }
 }
-
-/// Re-exported so callers need not depend on the executor crate for the exit type.
-pub type ContainerExit = ExitStatus;
-/// Re-exported limitation type.
-pub type ContainerLimitation = Limitation;

@@ -29,16 +29,6 @@ impl AgentClient {
         }
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The underlying HTTP client.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -49,7 +49,6 @@ struct OutstandingOffer {
 
 struct MasterTask {
     framework_id: String,
-    name: String,
     resources: ResourceSet,
     state: mesos::TaskState,
     latest: Option<mesos::TaskStatus>,
@@ -108,11 +107,6 @@ impl EmbeddedMaster {
 
     fn agent(&self) -> Option<&Arc<dyn AgentPort>> {
         self.agent.get()
-    }
-
-    /// The master's id.
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     fn master_info(&self) -> mesos::MasterInfo {
@@ -465,7 +459,6 @@ impl EmbeddedMaster {
                                 task_id,
                                 MasterTask {
                                     framework_id: framework_id.to_string(),
-                                    name: task.name.clone(),
                                     resources,
                                     state: mesos::TaskState::TaskStaging,
                                     latest: None,
@@ -632,23 +625,6 @@ impl EmbeddedMaster {
             Self::send(&state, framework_id, update_event(status));
         }
     }
-
-    /// The tasks the master knows, for `/state`-like views: (task id, framework id, name, state).
-    pub fn task_names(&self) -> Vec<(String, String, String, String)> {
-        let state = self.state.lock().expect("master lock");
-        state
-            .tasks
-            .iter()
-            .map(|(id, t)| {
-                (
-                    id.clone(),
-                    t.framework_id.clone(),
-                    t.name.clone(),
-                    t.state.as_str_name().into(),
-                )
-            })
-            .collect()
-    }
 }
 
 fn text_attribute(name: &str, value: &str) -> mesos::Attribute {
@@ -730,7 +706,6 @@ impl MasterLink for EmbeddedMaster {
                 task.task_id.clone(),
                 MasterTask {
                     framework_id: task.framework_id.clone(),
-                    name: task.name.clone(),
                     resources: task.resources.clone(),
                     state: task.state,
                     latest: None,
