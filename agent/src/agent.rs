@@ -500,13 +500,24 @@ fn terminal_status(
         );
     };
     let code = Some(status.shell_code());
-    if let Some(berth_isolators::Limitation::Memory { message }) = &termination.limitation {
-        return (
-            TaskState::TaskFailed,
-            format!("Memory limit exceeded: {message}"),
-            Some(Reason::ContainerLimitationMemory),
-            code,
-        );
+    match &termination.limitation {
+        Some(berth_isolators::Limitation::Memory { message }) => {
+            return (
+                TaskState::TaskFailed,
+                format!("Memory limit exceeded: {message}"),
+                Some(Reason::ContainerLimitationMemory),
+                code,
+            );
+        }
+        Some(berth_isolators::Limitation::Disk { message }) => {
+            return (
+                TaskState::TaskFailed,
+                format!("Disk limit exceeded: {message}"),
+                Some(Reason::ContainerLimitationDisk),
+                code,
+            );
+        }
+        None => {}
     }
     if let Some(error) = &status.launch_error {
         return (
@@ -666,11 +677,14 @@ fn container_config(
             cwd: label(task, labels::WORKDIR).map(PathBuf::from),
             limits: Limits {
                 cpus,
+                cpu_hard_cap: true,
                 mem_bytes: (mem_mb * 1024.0 * 1024.0) as u64,
                 pids_max: pids,
+                ..Default::default()
             },
             network,
             hostname,
+            options: Default::default(),
         },
         limits,
     ))

@@ -1,9 +1,9 @@
 //! One container's monitor: follows the shim's events until the workload exits, then asks the
 //! isolators which limit (if any) ended it.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use berth_executor::{ExitStatus, ShimEvent, client};
+use berth_executor::{ExitStatus, ShimEvent, ShimRequest, client};
 use berth_isolators::{Isolator, Limitation};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -44,6 +44,21 @@ pub(crate) fn limitation_of(isolators: &[Arc<dyn Isolator>], id: &str) -> Option
     })
 }
 
+/// How often running containers are checked for limits that end them (OOM kill of a child
+/// process, disk usage over the limit).
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The first limit any isolator says the running container has hit.
+fn check_limits(isolators: &[Arc<dyn Isolator>], id: &str) -> Option<Limitation> {
+    isolators.iter().find_map(|isolator| match isolator.check(id) {
+        Ok(found) => found,
+        Err(err) => {
+            debug!(container_id = %id, isolator = isolator.name(), error = %err, "limit check");
+            None
+        }
+    })
+}
+
 pub(crate) async fn monitor(
     mut shim: client::ShimClient,
     state_dir: PathBuf,
@@ -52,17 +67,39 @@ pub(crate) async fn monitor(
     exit_tx: watch::Sender<Option<Termination>>,
 ) {
     let mut status = None;
+    let mut hit: Option<Limitation> = None;
+    let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match shim.next_event().await {
-            Ok(Some(ShimEvent::Exited(exit))) => {
-                status = Some(exit);
-                break;
-            }
-            Ok(Some(event)) => debug!(container_id = %id, ?event, "shim event"),
-            Ok(None) => break,
-            Err(err) => {
-                warn!(container_id = %id, error = %err, "shim connection");
-                break;
+        tokio::select! {
+            event = shim.next_event() => match event {
+                Ok(Some(ShimEvent::Exited(exit))) => {
+                    status = Some(exit);
+                    break;
+                }
+                Ok(Some(event)) => debug!(container_id = %id, ?event, "shim event"),
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(container_id = %id, error = %err, "shim connection");
+                    break;
+                }
+            },
+            _ = ticker.tick(), if hit.is_none() => {
+                let found = {
+                    let isolators = isolators.clone();
+                    let id = id.clone();
+                    tokio::task::spawn_blocking(move || check_limits(&isolators, &id))
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                if let Some(limitation) = found {
+                    warn!(container_id = %id, ?limitation, "limit reached: killing the container");
+                    hit = Some(limitation);
+                    if let Err(err) = shim.send(&ShimRequest::Kill { grace_ms: 0 }).await {
+                        warn!(container_id = %id, error = %err, "kill after limitation");
+                    }
+                }
             }
         }
     }
@@ -85,13 +122,16 @@ pub(crate) async fn monitor(
             }
         }
     }
-    let limitation = {
+    let limitation = match hit {
+        Some(hit) => Some(hit),
+        None => {
         let isolators = isolators.clone();
         let id = id.clone();
         tokio::task::spawn_blocking(move || limitation_of(&isolators, &id))
             .await
             .ok()
             .flatten()
+        }
     };
     info!(container_id = %id, ?status, ?limitation, "container exited");
     let _ = exit_tx.send(Some(Termination::from_exit(status, limitation)));

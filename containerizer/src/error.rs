@@ -17,6 +17,9 @@ pub enum ContainerizerError {
     /// A container with this id exists already.
     #[error("container {0} already exists")]
     AlreadyExists(String),
+    /// The container's workload has already ended.
+    #[error("container {0} is not running")]
+    NotRunning(String),
     /// No container with this id is known.
     #[error("unknown container {0}")]
     UnknownContainer(String),

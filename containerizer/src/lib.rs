@@ -26,7 +26,9 @@ use std::{
 };
 
 use berth_executor::{ShimConfig, ShimEvent, ShimRequest, client};
-use berth_isolators::{ContainerSpec, Isolator, LaunchInfo, Limits, NetworkMode, Usage};
+use berth_isolators::{
+    ContainerSpec, IsolationOptions, Isolator, LaunchInfo, Limits, LimitsUpdate, NetworkMode, Usage,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -52,6 +54,9 @@ pub struct ContainerConfig {
     pub network: NetworkMode,
     /// Hostname inside the container.
     pub hostname: String,
+    /// Isolation choices (capabilities, seccomp, volumes, user namespace, ...).
+    #[serde(default)]
+    pub options: IsolationOptions,
 }
 
 /// Where the containerizer keeps its files, and which shim binary it runs.
@@ -193,6 +198,8 @@ impl Containerizer {
             limits: config.limits,
             network: config.network,
             hostname: config.hostname.clone(),
+            sandbox: sandbox.clone(),
+            options: config.options.clone(),
         };
         let mut launch_info = LaunchInfo::default();
         for isolator in &self.isolators {
@@ -207,11 +214,25 @@ impl Containerizer {
             launch_info.merge(info);
         }
         // 3. The shim clones the workload into its namespaces; the workload waits for Start.
+        let sandbox_seen = launch_info
+            .sandbox_in_container
+            .clone()
+            .unwrap_or_else(|| sandbox.clone());
+        let mut env = config.env;
+        if launch_info.sandbox_in_container.is_some() {
+            let seen = sandbox_seen.display().to_string();
+            for (key, value) in env.iter_mut() {
+                if key == "MESOS_SANDBOX" {
+                    *value = seen.clone();
+                }
+            }
+        }
+        let security = launch_info.security_plan();
         let shim_config = ShimConfig {
             container_id: id.clone(),
             argv: config.argv,
-            env: config.env,
-            cwd: Some(config.cwd.unwrap_or_else(|| sandbox.clone())),
+            env,
+            cwd: Some(config.cwd.unwrap_or(sandbox_seen)),
             namespaces: launch_info
                 .namespaces
                 .iter()
@@ -226,6 +247,9 @@ impl Containerizer {
             stdout_path: sandbox.join("stdout"),
             stderr_path: sandbox.join("stderr"),
             state_dir: state_dir.clone(),
+            id_maps: launch_info.id_maps,
+            filesystem: launch_info.filesystem,
+            security,
         };
         let ready = client::spawn_shim(&self.paths.executor_bin, &shim_config)
             .await
@@ -379,7 +403,7 @@ impl Containerizer {
         result
     }
 
-    /// Usage of a running container, summed over the isolators that report any.
+    /// Usage of a running container: every isolator's readings combined.
     pub fn usage(&self, id: &str) -> Result<Usage, ContainerizerError> {
         berth_isolators::validate_container_id(id)?;
         let mut total = Usage::default();
@@ -392,11 +416,29 @@ impl Containerizer {
                     step: "usage",
                     source,
                 })?;
-            if usage != Usage::default() {
-                total = usage;
-            }
+            total = total.combine(usage);
         }
         Ok(total)
+    }
+
+    /// Changes the limits of a running container, isolator by isolator.
+    pub fn update(&self, id: &str, update: &LimitsUpdate) -> Result<(), ContainerizerError> {
+        let handle = self.handle(id)?;
+        if handle.exit.borrow().is_some() {
+            return Err(ContainerizerError::NotRunning(id.to_string()));
+        }
+        for isolator in &self.isolators {
+            isolator
+                .update(id, update)
+                .map_err(|source| ContainerizerError::Isolator {
+                    id: id.to_string(),
+                    isolator: isolator.name(),
+                    step: "update",
+                    source,
+                })?;
+        }
+        info!(container_id = %id, ?update, "limits updated");
+        Ok(())
     }
 
     /// What each isolator says about where the container lives (cgroup paths...), by isolator name.

@@ -24,4 +24,8 @@ pub mod protocol;
 /// The shim process itself (used by the `berth-executor` binary; not by the containerizer).
 pub mod shim;
 
-pub use protocol::{ExitStatus, ShimConfig, ShimEvent, ShimReady, ShimRequest};
+pub use protocol::{
+    BpfInstruction, CapabilitySets, DeviceSpec, ExitStatus, FilesystemPlan, IdMapRange, IdMaps,
+    MountSpec, ProcessUser, RlimitSpec, RootfsSource, SecurityPlan, ShimConfig, ShimEvent,
+    ShimReady, ShimRequest,
+};

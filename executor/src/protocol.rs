@@ -17,7 +17,7 @@ pub struct ShimConfig {
     pub env: Vec<(String, String)>,
     /// Working directory of the workload (defaults to the sandbox).
     pub cwd: Option<PathBuf>,
-    /// Namespaces to create: any of "pid", "mount", "uts", "ipc", "net".
+    /// Namespaces to create: any of "pid", "mount", "uts", "ipc", "net", "user", "cgroup".
     pub namespaces: Vec<String>,
     /// Hostname to set when a UTS namespace is created.
     pub hostname: Option<String>,
@@ -27,6 +27,17 @@ pub struct ShimConfig {
     pub stderr_path: PathBuf,
     /// Directory of the shim's own state (socket, exit.json, shim.pid). Must exist.
     pub state_dir: PathBuf,
+    /// User namespace id mappings, written by the shim for the cloned init before it is
+    /// released (only with a "user" namespace).
+    #[serde(default)]
+    pub id_maps: Option<IdMaps>,
+    /// The container's own root filesystem, assembled by the init inside its mount namespace
+    /// (which needs a "mount" namespace). `None`: the workload sees the host's mounts.
+    #[serde(default)]
+    pub filesystem: Option<FilesystemPlan>,
+    /// Privilege restrictions applied to the workload right before `execve`.
+    #[serde(default)]
+    pub security: SecurityPlan,
 }
 
 impl ShimConfig {
@@ -42,6 +53,171 @@ impl ShimConfig {
     pub fn pid_path(&self) -> PathBuf {
         self.state_dir.join("shim.pid")
     }
+}
+
+/// One range of a user namespace id map (`/proc/PID/uid_map` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapRange {
+    /// First id inside the namespace.
+    pub container_id: u32,
+    /// First id outside (on the host).
+    pub host_id: u32,
+    /// Number of ids mapped.
+    pub size: u32,
+}
+
+/// The uid and gid maps of a user namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMaps {
+    /// Lines of `uid_map`.
+    pub uid_map: Vec<IdMapRange>,
+    /// Lines of `gid_map` (`setgroups` is denied before it is written).
+    pub gid_map: Vec<IdMapRange>,
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RootfsSource {
+    /// A recursive bind of the host's `/` (native containers).
+    HostBind,
+    /// An overlay of image layers (`lower` top-most first), upper and work dirs on the sandbox's
+    /// filesystem.
+    Overlay {
+        /// Read-only layer directories, top-most first.
+        lower: Vec<PathBuf>,
+        /// Writable upper directory.
+        upper: PathBuf,
+        /// overlayfs work directory (same filesystem as `upper`).
+        work: PathBuf,
+    },
+    /// A directory used as it is (an unpacked bundle's rootfs).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
+}
+
+/// One mount inside the container, OCI runtime-spec style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute path inside the container; resolved inside the new root (symlinks cannot leave it).
+    pub destination: String,
+    /// Filesystem type: "bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup2", ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Source: a host path for binds, a name for the others.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// mount(8)-style options: "rbind", "ro", "nosuid", "nodev", "noexec", "mode=755", ...
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// A device node made available in the container's `/dev` (bind-mounted from the host, so it
+/// also works in a user namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Path inside the container (`/dev/null`).
+    pub path: String,
+    /// The host's node.
+    pub host_path: PathBuf,
+}
+
+/// The container's root filesystem, assembled by the init in its own mount namespace, then
+/// `pivot_root`ed into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemPlan {
+    /// An empty directory (in the shim's state dir) where the new root is mounted.
+    pub root: PathBuf,
+    /// What is mounted at `root`.
+    pub source: RootfsSource,
+    /// Make the root read-only (after every mount is in place).
+    pub readonly: bool,
+    /// Mounts, in order.
+    pub mounts: Vec<MountSpec>,
+    /// Device nodes for `/dev` (a fresh tmpfs when any are given).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    /// Paths hidden from the container (`/dev/null` over files, empty read-only tmpfs over dirs).
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// Paths re-mounted read-only.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+}
+
+/// The workload's capability sets, by name (`CAP_NET_ADMIN`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilitySets {
+    /// Bounding set.
+    pub bounding: Vec<String>,
+    /// Effective set.
+    pub effective: Vec<String>,
+    /// Permitted set.
+    pub permitted: Vec<String>,
+    /// Inheritable set.
+    pub inheritable: Vec<String>,
+    /// Ambient set.
+    pub ambient: Vec<String>,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInstruction {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Generic field.
+    pub k: u32,
+}
+
+/// A resource limit (`setrlimit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitSpec {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ...
+    pub kind: String,
+    /// Soft limit (`u64::MAX` = unlimited).
+    pub soft: u64,
+    /// Hard limit (`u64::MAX` = unlimited).
+    pub hard: u64,
+}
+
+/// The user the workload runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    /// uid inside the container.
+    pub uid: u32,
+    /// gid inside the container.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+/// Privilege restrictions of the workload, applied in this order right before `execve`:
+/// rlimits, no_new_privs, bounding set, user, capability sets, seccomp filter (last, so the
+/// calls before it are not filtered).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityPlan {
+    /// Set `PR_SET_NO_NEW_PRIVS`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// Capability sets; `None` leaves them as they are (all of the agent's).
+    #[serde(default)]
+    pub capabilities: Option<CapabilitySets>,
+    /// A compiled seccomp filter; `None` = unconfined.
+    #[serde(default)]
+    pub seccomp: Option<Vec<BpfInstruction>>,
+    /// Resource limits.
+    #[serde(default)]
+    pub rlimits: Vec<RlimitSpec>,
+    /// User and groups; `None` keeps root.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
 }
 
 /// The single line the shim prints on stdout once the workload is cloned and waiting.

@@ -60,6 +60,9 @@ impl Sandbox {
             stdout_path: self.path().join("stdout"),
             stderr_path: self.path().join("stderr"),
             state_dir: self.path().to_owned(),
+            id_maps: None,
+            filesystem: None,
+            security: Default::default(),
         }
     }
     fn stdout(&self) -> String {

@@ -21,6 +21,12 @@
 pub mod cgroups;
 pub mod namespaces;
 
+use std::path::PathBuf;
+
+pub use berth_executor::{
+    CapabilitySets, DeviceSpec, FilesystemPlan, IdMapRange, IdMaps, MountSpec, RlimitSpec,
+    SecurityPlan,
+};
 use serde::{Deserialize, Serialize};
 
 /// A container's identity as the isolators see it: a string safe to use as a path component.
@@ -38,14 +44,153 @@ pub enum NetworkMode {
 }
 
 /// The resources a container is limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
-    /// CPU share in cores (0.5 = half a core). Hard cap (`cpu.max`) and weight are derived from it.
+    /// CPU share in cores (0.5 = half a core): the weight (`cpu.weight`/`cpu.shares`), and the
+    /// hard cap (`cpu.max`) when `cpu_hard_cap` is set.
     pub cpus: f64,
-    /// Memory limit in bytes (`memory.max`); swap is disabled.
+    /// Enforce `cpus` as a hard cap (CFS quota) as well as a weight.
+    #[serde(default)]
+    pub cpu_hard_cap: bool,
+    /// Memory limit in bytes (`memory.max`).
     pub mem_bytes: u64,
+    /// Soft memory limit (`memory.high`): above it the container is throttled and reclaimed,
+    /// not killed.
+    #[serde(default)]
+    pub mem_high_bytes: Option<u64>,
+    /// Swap allowed on top of `mem_bytes` (`memory.swap.max`); 0 (the default) disables swap.
+    #[serde(default)]
+    pub swap_bytes: u64,
     /// Maximum number of processes/threads (`pids.max`); `None` = unlimited.
     pub pids_max: Option<u64>,
+    /// Disk space of the sandbox, bytes (posix/disk); `None` = unlimited.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+    /// CPUs the container may run on (`cpuset.cpus`, list syntax "0-1,3").
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes (`cpuset.mems`).
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
+    /// Proportional io weight 1-10000 (`io.weight`; v1 `blkio.weight` 10-1000 is scaled).
+    #[serde(default)]
+    pub io_weight: Option<u16>,
+    /// Per-device io bandwidth/iops caps (`io.max`; v1 `blkio.throttle.*`).
+    #[serde(default)]
+    pub io_max: Vec<IoMax>,
+    /// Huge page limits (`hugetlb.<size>.max`).
+    #[serde(default)]
+    pub hugetlb: Vec<HugetlbLimit>,
+}
+
+/// An io cap on one block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoMax {
+    /// The device: "MAJ:MIN", or a path to a block device node (resolved at `prepare`).
+    pub device: String,
+    /// Read bytes per second.
+    #[serde(default)]
+    pub rbps: Option<u64>,
+    /// Write bytes per second.
+    #[serde(default)]
+    pub wbps: Option<u64>,
+    /// Read operations per second.
+    #[serde(default)]
+    pub riops: Option<u64>,
+    /// Write operations per second.
+    #[serde(default)]
+    pub wiops: Option<u64>,
+}
+
+/// A huge page limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HugetlbLimit {
+    /// Page size as the kernel names it in the cgroup files ("2MB", "1GB").
+    pub page_size: String,
+    /// Limit in bytes.
+    pub limit_bytes: u64,
+}
+
+/// A live change of a running container's limits (`berth update`); `None` fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitsUpdate {
+    /// New CPU share (weight, and hard cap if the container has one).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// New memory limit, bytes.
+    #[serde(default)]
+    pub mem_bytes: Option<u64>,
+    /// New soft memory limit, bytes.
+    #[serde(default)]
+    pub mem_high_bytes: Option<u64>,
+    /// New process limit.
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+}
+
+/// Which seccomp filter a container gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "profile", rename_all = "snake_case")]
+pub enum SeccompProfile {
+    /// berth's default: blocks what Docker's default profile blocks.
+    #[default]
+    Default,
+    /// No filter.
+    Unconfined,
+    /// A custom profile in the Docker/OCI seccomp JSON format (the JSON text).
+    Custom(String),
+}
+
+/// A host path made visible in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// Host path (absolute), or relative to the sandbox.
+    pub host: PathBuf,
+    /// Path inside the container (absolute), or relative to the sandbox mount point.
+    pub container: PathBuf,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A resource limit a task asks for, by short name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitRequest {
+    /// Short name: "nofile", "nproc", "core", ... (or the `RLIMIT_*` name).
+    pub name: String,
+    /// Soft limit; `None` = unlimited.
+    pub soft: Option<u64>,
+    /// Hard limit; `None` = unlimited.
+    pub hard: Option<u64>,
+}
+
+/// The per-container isolation choices beyond resource limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IsolationOptions {
+    /// Capabilities added to the default set (`CAP_` prefix optional, case-insensitive, "ALL").
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from the default set ("ALL" drops every one).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// The seccomp filter.
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
+    /// Resource limits (`setrlimit`).
+    #[serde(default)]
+    pub rlimits: Vec<RlimitRequest>,
+    /// Host volumes.
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    /// Run in a user namespace: root inside is an unprivileged uid outside.
+    #[serde(default)]
+    pub user_namespace: bool,
+    /// Leave the container's root filesystem writable (native containers: the host's `/`!).
+    #[serde(default)]
+    pub writable_rootfs: bool,
+    /// Extra host devices to allow and expose (`/dev/fuse`).
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
 }
 
 /// What an isolator needs to know about a container before it starts.
@@ -59,6 +204,11 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     /// Hostname inside the container's UTS namespace.
     pub hostname: String,
+    /// The container's sandbox directory on the host.
+    pub sandbox: PathBuf,
+    /// Isolation choices (capabilities, seccomp, volumes, ...).
+    #[serde(default)]
+    pub options: IsolationOptions,
 }
 
 /// A Linux namespace kind a container can be placed in.
@@ -75,6 +225,10 @@ pub enum Namespace {
     Ipc,
     /// Network namespace.
     Net,
+    /// User namespace.
+    User,
+    /// Cgroup namespace.
+    Cgroup,
 }
 
 /// What isolators ask of the launcher, merged across isolators by the containerizer.
@@ -84,10 +238,26 @@ pub struct LaunchInfo {
     pub namespaces: Vec<Namespace>,
     /// Hostname to set in the new UTS namespace.
     pub hostname: Option<String>,
+    /// User namespace id maps (user namespace isolator).
+    pub id_maps: Option<IdMaps>,
+    /// The container's root filesystem (filesystem isolator).
+    pub filesystem: Option<FilesystemPlan>,
+    /// Where the sandbox appears inside the container, when not at its host path; the
+    /// containerizer points `MESOS_SANDBOX` and the default working directory there.
+    pub sandbox_in_container: Option<PathBuf>,
+    /// No new privileges (capabilities isolator).
+    pub no_new_privileges: bool,
+    /// Capability sets (capabilities isolator).
+    pub capabilities: Option<CapabilitySets>,
+    /// Compiled seccomp filter (seccomp isolator).
+    pub seccomp: Option<Vec<berth_executor::BpfInstruction>>,
+    /// Resource limits (rlimits isolator).
+    pub rlimits: Vec<RlimitSpec>,
 }
 
 impl LaunchInfo {
-    /// Merges `other` into `self` (namespace union; the later hostname wins).
+    /// Merges `other` into `self`: namespaces, rlimits and mounts are unions; for the single
+    /// values, the later isolator's wins.
     pub fn merge(&mut self, other: LaunchInfo) {
         for ns in other.namespaces {
             if !self.namespaces.contains(&ns) {
@@ -96,6 +266,41 @@ impl LaunchInfo {
         }
         if other.hostname.is_some() {
             self.hostname = other.hostname;
+        }
+        if other.id_maps.is_some() {
+            self.id_maps = other.id_maps;
+        }
+        match (&mut self.filesystem, other.filesystem) {
+            (Some(mine), Some(theirs)) => {
+                mine.mounts.extend(theirs.mounts);
+                mine.devices.extend(theirs.devices);
+                mine.masked_paths.extend(theirs.masked_paths);
+                mine.readonly_paths.extend(theirs.readonly_paths);
+            }
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+        if other.sandbox_in_container.is_some() {
+            self.sandbox_in_container = other.sandbox_in_container;
+        }
+        self.no_new_privileges |= other.no_new_privileges;
+        if other.capabilities.is_some() {
+            self.capabilities = other.capabilities;
+        }
+        if other.seccomp.is_some() {
+            self.seccomp = other.seccomp;
+        }
+        self.rlimits.extend(other.rlimits);
+    }
+
+    /// The part the shim applies right before `execve`.
+    pub fn security_plan(&self) -> SecurityPlan {
+        SecurityPlan {
+            no_new_privileges: self.no_new_privileges,
+            capabilities: self.capabilities.clone(),
+            seccomp: self.seccomp.clone(),
+            rlimits: self.rlimits.clone(),
+            user: None,
         }
     }
 }
@@ -106,6 +311,11 @@ pub enum Limitation {
     /// The kernel OOM-killed a process of the container (memory limit reached).
     Memory {
         /// Human-readable detail (limit, count of OOM kills).
+        message: String,
+    },
+    /// The sandbox grew past its disk limit.
+    Disk {
+        /// Human-readable detail (limit, usage).
         message: String,
     },
 }
@@ -127,6 +337,67 @@ pub struct Usage {
     pub mem_peak_bytes: Option<u64>,
     /// Current number of tasks (processes + threads).
     pub pids_current: u64,
+    /// Page cache, bytes (`file` in memory.stat; v1 `total_cache`).
+    #[serde(default)]
+    pub mem_cache_bytes: Option<u64>,
+    /// Anonymous memory, bytes (`anon`; v1 `total_rss`).
+    #[serde(default)]
+    pub mem_rss_bytes: Option<u64>,
+    /// Number of CFS periods, and of those throttled (cpu.stat).
+    #[serde(default)]
+    pub cpu_nr_periods: Option<u64>,
+    /// Throttled periods.
+    #[serde(default)]
+    pub cpu_nr_throttled: Option<u64>,
+    /// Bytes read from block devices.
+    #[serde(default)]
+    pub io_read_bytes: Option<u64>,
+    /// Bytes written to block devices.
+    #[serde(default)]
+    pub io_write_bytes: Option<u64>,
+    /// OOM kills so far (memory.events `oom_kill`).
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
+    /// Sandbox disk usage, bytes (disk isolator).
+    #[serde(default)]
+    pub disk_used_bytes: Option<u64>,
+    /// Sandbox disk limit, bytes.
+    #[serde(default)]
+    pub disk_limit_bytes: Option<u64>,
+}
+
+impl Usage {
+    /// Combines the readings of several isolators: each field from whichever reports it.
+    pub fn combine(mut self, other: Usage) -> Usage {
+        fn pick(a: &mut Option<u64>, b: Option<u64>) {
+            if a.is_none() {
+                *a = b;
+            }
+        }
+        if self.cpu_usage_ns == 0 {
+            self.cpu_usage_ns = other.cpu_usage_ns;
+        }
+        if self.mem_current_bytes == 0 {
+            self.mem_current_bytes = other.mem_current_bytes;
+        }
+        if self.pids_current == 0 {
+            self.pids_current = other.pids_current;
+        }
+        pick(&mut self.cpu_user_ns, other.cpu_user_ns);
+        pick(&mut self.cpu_system_ns, other.cpu_system_ns);
+        pick(&mut self.cpu_throttled_ns, other.cpu_throttled_ns);
+        pick(&mut self.mem_peak_bytes, other.mem_peak_bytes);
+        pick(&mut self.mem_cache_bytes, other.mem_cache_bytes);
+        pick(&mut self.mem_rss_bytes, other.mem_rss_bytes);
+        pick(&mut self.cpu_nr_periods, other.cpu_nr_periods);
+        pick(&mut self.cpu_nr_throttled, other.cpu_nr_throttled);
+        pick(&mut self.io_read_bytes, other.io_read_bytes);
+        pick(&mut self.io_write_bytes, other.io_write_bytes);
+        pick(&mut self.oom_kills, other.oom_kills);
+        pick(&mut self.disk_used_bytes, other.disk_used_bytes);
+        pick(&mut self.disk_limit_bytes, other.disk_limit_bytes);
+        self
+    }
 }
 
 /// The isolator interface (Mesos's `Isolator`, synchronous: every call is a few file writes).
@@ -149,6 +420,15 @@ pub trait Isolator: Send + Sync {
     fn recover(&self, known: &[String]) -> Result<Vec<String>, IsolatorError>;
     /// Describes where this isolator keeps the container (e.g. cgroup paths) for `inspect`.
     fn describe(&self, id: &ContainerId) -> serde_json::Value;
+    /// Changes the limits of a running container. Isolators without live limits ignore it.
+    fn update(&self, _id: &ContainerId, _update: &LimitsUpdate) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+    /// Called periodically while the container runs: a limit it has hit that must end it now
+    /// (OOM kill of a child process, disk quota exceeded). `None` while within limits.
+    fn check(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
+        Ok(None)
+    }
 }
 
 /// Errors of the isolators, each carrying the object that failed.
@@ -157,6 +437,26 @@ pub enum IsolatorError {
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    /// A container asked for something this node cannot give or that is unsafe; the message
+    /// names the offending value.
+    #[error("{isolator}: {message}")]
+    Invalid {
+        /// Which isolator refused.
+        isolator: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A system call or file operation failed.
+    #[error("{isolator}: {what}: {source}")]
+    Io {
+        /// Which isolator.
+        isolator: &'static str,
+        /// The operation and its object.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A container id that cannot be used as a path component.
     #[error(
         "invalid container id {0:?}: must be 1-128 chars of [A-Za-z0-9_.-] and not start with '.'"
@@ -195,11 +495,12 @@ mod tests {
     fn launch_info_merge_unions_namespaces() {
         let mut a = LaunchInfo {
             namespaces: vec![Namespace::Pid],
-            hostname: None,
+            ..Default::default()
         };
         a.merge(LaunchInfo {
             namespaces: vec![Namespace::Pid, Namespace::Net],
             hostname: Some("h".into()),
+            ..Default::default()
         });
         assert_eq!(a.namespaces, vec![Namespace::Pid, Namespace::Net]);
         assert_eq!(a.hostname.as_deref(), Some("h"));

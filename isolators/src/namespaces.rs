@@ -28,6 +28,7 @@ impl Isolator for NamespacesIsolator {
         Ok(LaunchInfo {
             namespaces,
             hostname: Some(spec.hostname.clone()),
+            ..Default::default()
         })
     }
 
@@ -73,9 +74,13 @@ mod tests {
                 cpus: 1.0,
                 mem_bytes: 1 << 20,
                 pids_max: None,
+                cpu_hard_cap: true,
+                ..Default::default()
             },
             network,
             hostname: "c1".into(),
+            sandbox: std::path::PathBuf::from("/nonexistent"),
+            options: Default::default(),
         }
     }
 

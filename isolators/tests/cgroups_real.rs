@@ -81,9 +81,13 @@ impl Env {
                 cpus,
                 mem_bytes,
                 pids_max,
+                cpu_hard_cap: true,
+                ..Default::default()
             },
             network: NetworkMode::None,
             hostname: id.clone(),
+            sandbox: std::path::PathBuf::from("/nonexistent"),
+            options: Default::default(),
         };
         self.iso.prepare(&spec).expect("prepare");
         id
@@ -308,6 +312,7 @@ fn oom_kill_is_reported_as_memory_limitation() {
             assert!(message.contains("OOM-killed"), "{message}");
         }
         None => panic!("no memory limitation reported after the hog exited with {status:?}"),
+        Some(other) => panic!("unexpected limitation {other:?}"),
     }
     assert!(
         !status.success(),
@@ -409,9 +414,13 @@ fn v2_busy_own_cgroup_is_refused_with_an_explanation() {
                 cpus: 1.0,
                 mem_bytes: 16 << 20,
                 pids_max: None,
+                cpu_hard_cap: true,
+                ..Default::default()
             },
             network: NetworkMode::None,
             hostname: "c".into(),
+            sandbox: std::path::PathBuf::from("/nonexistent"),
+            options: Default::default(),
         };
         iso.prepare(&spec)
     });

@@ -25,9 +25,13 @@ fn spec(id: &str, cpus: f64, mem: u64, pids: Option<u64>) -> ContainerSpec {
             cpus,
             mem_bytes: mem,
             pids_max: pids,
+            cpu_hard_cap: true,
+            ..Default::default()
         },
         network: NetworkMode::None,
         hostname: id.into(),
+        sandbox: std::path::PathBuf::from("/nonexistent"),
+        options: Default::default(),
     }
 }
 
@@ -540,6 +544,7 @@ fn v2_usage_parsing() {
             mem_current_bytes: 4096,
             mem_peak_bytes: None,
             pids_current: 3,
+            ..Default::default()
         }
     );
     put(&dir.join("memory.peak"), "8192\n");
@@ -584,6 +589,7 @@ fn v1_usage_parsing() {
             mem_current_bytes: 1 << 20,
             mem_peak_bytes: Some(2 << 20),
             pids_current: 2,
+            ..Default::default()
         }
     );
 }

@@ -135,6 +135,8 @@ impl V1 {
             mem_current_bytes: fs::read_u64(&mem.join("memory.usage_in_bytes"))?,
             mem_peak_bytes: fs::read_u64_opt(&mem.join("memory.max_usage_in_bytes"))?,
             pids_current: fs::read_u64(&self.dir(self.pids, id).join("pids.current"))?,
+
+            ..Default::default()
         })
     }
 

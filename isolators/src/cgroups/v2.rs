@@ -133,6 +133,8 @@ impl V2 {
             mem_current_bytes: fs::read_u64(&dir.join("memory.current"))?,
             mem_peak_bytes: fs::read_u64_opt(&dir.join("memory.peak"))?,
             pids_current: fs::read_u64(&dir.join("pids.current"))?,
+
+            ..Default::default()
         })
     }
 
