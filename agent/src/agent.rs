@@ -9,7 +9,7 @@ use std::{
 };
 
 use berth_containerizer::{ContainerConfig, Containerizer, Recovered, Termination};
-use berth_isolators::{Limits, NetworkMode};
+use berth_isolators::NetworkMode;
 use berth_proto::mesos::v1 as mesos;
 use tracing::{info, warn};
 
@@ -22,16 +22,8 @@ use crate::{
     task::{self, StatusRecord, TaskLimits, TaskRecord},
 };
 
-/// Label keys berth reads from a TaskInfo (berth extensions; Mesos has no field for them).
-pub mod labels {
-    /// Max processes of the task's container.
-    pub const PIDS_MAX: &str = "berth.pids_max";
-    /// Working directory of the task.
-    pub const WORKDIR: &str = "berth.workdir";
-}
-
-/// Default PATH of tasks.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::task_spec::container_config;
+pub use crate::task_spec::labels;
 
 /// Static settings of the agent.
 #[derive(Debug, Clone)]
@@ -52,6 +44,8 @@ pub struct AgentSettings {
     pub default_pids_max: u64,
     /// Kill grace of tasks without a kill policy.
     pub default_grace: Duration,
+    /// Where relative seccomp profile names of tasks are looked up.
+    pub seccomp_config_dir: Option<PathBuf>,
 }
 
 /// The agent.
@@ -79,6 +73,9 @@ pub enum AgentError {
     /// The task ended already.
     #[error("task {0} is already {1}")]
     AlreadyTerminal(String, String),
+    /// A live limit change was refused.
+    #[error("updating task {0}: {1}")]
+    Update(String, String),
 }
 
 impl Agent {
@@ -333,6 +330,41 @@ impl Agent {
         Ok(task)
     }
 
+    /// Changes the limits of a running task's container in place, and records them.
+    pub fn update_limits(
+        &self,
+        reference: &str,
+        update: &berth_isolators::LimitsUpdate,
+    ) -> Result<TaskRecord, AgentError> {
+        let task = self.find_task(reference)?;
+        if task::is_terminal(&task.state) {
+            return Err(AgentError::AlreadyTerminal(task.id, task.state));
+        }
+        if update.mem_bytes.is_some_and(|m| m < 4 << 20) {
+            return Err(AgentError::Update(task.id, "memory below 4 MB".into()));
+        }
+        self.containerizer
+            .update(&task.container_id, update)
+            .map_err(|e| AgentError::Update(task.id.clone(), e.to_string()))?;
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        let record = tasks
+            .get_mut(&task.id)
+            .ok_or_else(|| AgentError::NoSuchTask(task.id.clone()))?;
+        if let Some(cpus) = update.cpus {
+            record.limits.cpus = cpus;
+        }
+        if let Some(mem) = update.mem_bytes {
+            record.limits.mem_mb = mem as f64 / (1024.0 * 1024.0);
+        }
+        if let Some(pids) = update.pids_max {
+            record.limits.pids = Some(pids);
+        }
+        let record = record.clone();
+        drop(tasks);
+        self.checkpoint_task(&record);
+        Ok(record)
+    }
+
     fn checkpoint_task(&self, record: &TaskRecord) {
         let path = self.tasks_dir().join(format!("{}.json", record.id));
         if let Err(err) = checkpoint::write_json(&path, record) {
@@ -584,132 +616,6 @@ fn limits_resources(limits: &TaskLimits) -> ResourceSet {
     set
 }
 
-fn label<'a>(task: &'a mesos::TaskInfo, key: &str) -> Option<&'a str> {
-    task.labels
-        .as_ref()?
-        .labels
-        .iter()
-        .find(|l| l.key == key)
-        .and_then(|l| l.value.as_deref())
-}
-
-/// Builds the container config of a task, or says why the task is invalid.
-fn container_config(
-    settings: &AgentSettings,
-    framework_id: &str,
-    container_id: &str,
-    task: &mesos::TaskInfo,
-    sandbox: &std::path::Path,
-) -> Result<(ContainerConfig, TaskLimits), String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("the task has no command (executors are not supported yet)")?;
-    let argv = if command.shell() {
-        let value = command
-            .value
-            .clone()
-            .ok_or("shell command without a value")?;
-        vec!["/bin/sh".to_string(), "-c".to_string(), value]
-    } else if !command.arguments.is_empty() {
-        command.arguments.clone()
-    } else {
-        vec![command.value.clone().ok_or("command without a value")?]
-    };
-    let resources = ResourceSet::from_proto(&task.resources);
-    let cpus = resources.scalar("cpus");
-    let mem_mb = resources.scalar("mem");
-    if cpus <= 0.0 {
-        return Err("the task asks for no cpus".into());
-    }
-    if mem_mb < 4.0 {
-        return Err(format!(
-            "the task asks for {mem_mb} MB of memory; at least 4 MB are needed"
-        ));
-    }
-    let pids = match label(task, labels::PIDS_MAX) {
-        Some(text) => Some(text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!(
-                "label {}={text:?} is not a positive number",
-                labels::PIDS_MAX
-            )
-        })?),
-        None => Some(settings.default_pids_max),
-    };
-    let network = match task
-        .container
-        .as_ref()
-        .and_then(|c| c.network_infos.first())
-        .and_then(|n| n.name.as_deref())
-    {
-        None => settings.default_network,
-        Some("host") => NetworkMode::Host,
-        Some("none") => NetworkMode::None,
-        Some(other) => {
-            return Err(format!(
-                "unknown network {other:?} (berth has 'host' and 'none')"
-            ));
-        }
-    };
-    let mut env = vec![
-        ("PATH".to_string(), DEFAULT_PATH.to_string()),
-        ("HOME".to_string(), "/root".to_string()),
-        ("MESOS_SANDBOX".to_string(), sandbox.display().to_string()),
-        ("MESOS_TASK_ID".to_string(), task.task_id.value.clone()),
-        ("MESOS_FRAMEWORK_ID".to_string(), framework_id.to_string()),
-        ("MESOS_AGENT_ID".to_string(), settings.id.clone()),
-        ("MESOS_CONTAINER_ID".to_string(), container_id.to_string()),
-    ];
-    if let Some(environment) = &command.environment {
-        for variable in &environment.variables {
-            let value = variable.value.clone().unwrap_or_default();
-            env.retain(|(k, _)| k != &variable.name);
-            env.push((variable.name.clone(), value));
-        }
-    }
-    let hostname = sanitize_hostname(&task.task_id.value);
-    let limits = TaskLimits { cpus, mem_mb, pids };
-    Ok((
-        ContainerConfig {
-            id: container_id.to_string(),
-            argv,
-            env,
-            cwd: label(task, labels::WORKDIR).map(PathBuf::from),
-            limits: Limits {
-                cpus,
-                cpu_hard_cap: true,
-                mem_bytes: (mem_mb * 1024.0 * 1024.0) as u64,
-                pids_max: pids,
-                ..Default::default()
-            },
-            network,
-            hostname,
-            options: Default::default(),
-        },
-        limits,
-    ))
-}
-
-fn sanitize_hostname(text: &str) -> String {
-    let mut name: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    name = name.trim_matches('-').to_string();
-    if name.is_empty() {
-        "berth".into()
-    } else {
-        name
-    }
-}
-
 impl AgentPort for Arc<Agent> {
     fn run_task(&self, framework: &mesos::FrameworkInfo, task: mesos::TaskInfo) {
         let framework_id = framework
@@ -868,12 +774,5 @@ mod tests {
             terminal_status(&oom).2,
             Some(mesos::task_status::Reason::ContainerLimitationMemory)
         );
-    }
-
-    #[test]
-    fn hostnames_are_sanitized() {
-        assert_eq!(sanitize_hostname("Web_1.x"), "web-1-x");
-        assert_eq!(sanitize_hostname("___"), "berth");
-        assert_eq!(sanitize_hostname(&"a".repeat(100)).len(), 63);
     }
 }

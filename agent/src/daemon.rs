@@ -29,6 +29,7 @@ use crate::{
     agent::{Agent, AgentSettings},
     checkpoint,
     http::{self, AppState},
+    isolation::IsolationFlags,
     link::AgentPort,
     master::EmbeddedMaster,
     metrics::Metrics,
@@ -84,6 +85,9 @@ pub struct AgentFlags {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Isolator choice and settings.
+    #[command(flatten)]
+    pub isolation: IsolationFlags,
     /// Run this command as a sample task once the agent is up, and print its output (used by
     /// the README's first command).
     #[arg(long, value_name = "SHELL COMMAND")]
@@ -174,6 +178,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         },
         default_pids_max: flags.default_pids_max,
         default_grace: Duration::from_secs(3),
+        seccomp_config_dir: flags.isolation.seccomp_config_dir.clone(),
     };
     let agent = Agent::new(settings, containerizer, Arc::new(Metrics::default()));
     agent

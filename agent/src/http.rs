@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/berth/v1/tasks", get(list_tasks))
         .route("/api/berth/v1/tasks/{id}", get(inspect_task))
         .route("/api/berth/v1/tasks/{id}/kill", post(kill_task))
+        .route("/api/berth/v1/tasks/{id}/update", post(update_task))
         .route("/api/berth/v1/tasks/{id}/logs", get(task_logs))
         .layer(DefaultBodyLimit::max(scheduler_api::MAX_CALL_BYTES))
         .with_state(state)
@@ -51,6 +52,7 @@ impl IntoResponse for AgentError {
         let status = match &self {
             AgentError::NoSuchTask(_) => StatusCode::NOT_FOUND,
             AgentError::Ambiguous(..) | AgentError::AlreadyTerminal(..) => StatusCode::CONFLICT,
+            AgentError::Update(..) => StatusCode::BAD_REQUEST,
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
     }
@@ -174,6 +176,32 @@ async fn kill_task(
     };
     match state.agent.kill_by_reference(&id, grace) {
         Ok(task) => (StatusCode::ACCEPTED, Json(task_summary(&task))).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// `POST /api/berth/v1/tasks/{id}/update?cpus=&mem=&memory_high=&pids=` (bytes for sizes).
+async fn update_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(update): Query<berth_isolators::LimitsUpdate>,
+) -> Response {
+    if update == berth_isolators::LimitsUpdate::default() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "nothing to update: give cpus, mem_bytes, mem_high_bytes or pids_max"})),
+        )
+            .into_response();
+    }
+    if update.cpus.is_some_and(|c| !c.is_finite() || c < 0.01) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "cpus must be at least 0.01"})),
+        )
+            .into_response();
+    }
+    match state.agent.update_limits(&id, &update) {
+        Ok(task) => Json(task_summary(&task)).into_response(),
         Err(err) => err.into_response(),
     }
 }

@@ -50,13 +50,15 @@ pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The first limit any isolator says the running container has hit.
 fn check_limits(isolators: &[Arc<dyn Isolator>], id: &str) -> Option<Limitation> {
-    isolators.iter().find_map(|isolator| match isolator.check(id) {
-        Ok(found) => found,
-        Err(err) => {
-            debug!(container_id = %id, isolator = isolator.name(), error = %err, "limit check");
-            None
-        }
-    })
+    isolators
+        .iter()
+        .find_map(|isolator| match isolator.check(id) {
+            Ok(found) => found,
+            Err(err) => {
+                debug!(container_id = %id, isolator = isolator.name(), error = %err, "limit check");
+                None
+            }
+        })
 }
 
 pub(crate) async fn monitor(
@@ -125,12 +127,12 @@ pub(crate) async fn monitor(
     let limitation = match hit {
         Some(hit) => Some(hit),
         None => {
-        let isolators = isolators.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || limitation_of(&isolators, &id))
-            .await
-            .ok()
-            .flatten()
+            let isolators = isolators.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || limitation_of(&isolators, &id))
+                .await
+                .ok()
+                .flatten()
         }
     };
     info!(container_id = %id, ?status, ?limitation, "container exited");

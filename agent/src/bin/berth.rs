@@ -48,6 +48,7 @@ fn main() {
             Command::Logs(args) => ops::logs(&client, args).await,
             Command::Kill(args) => ops::kill(&client, args).await,
             Command::Inspect(args) => ops::inspect(&client, args).await,
+            Command::Update(args) => ops::update(&client, args).await,
         };
         match result {
             Ok(code) => code,

@@ -2,12 +2,14 @@
 //! an agent's HTTP API; `run` is a Mesos v1 scheduler (a framework) of its own.
 
 pub mod client;
+pub mod isolation_args;
 pub mod ops;
 pub mod run;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::AgentFlags;
+use isolation_args::IsolationArgs;
 
 /// berth: a container node agent with an embedded master for development.
 #[derive(Debug, Parser)]
@@ -41,6 +43,30 @@ pub enum Command {
     Kill(KillArgs),
     /// Show everything about a task as JSON.
     Inspect(TaskRef),
+    /// Change a running task's limits (cpus, memory, memory.high, pids) in place.
+    Update(UpdateArgs),
+}
+
+/// Arguments of `berth update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// New CPU share.
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+    /// New memory limit (64M).
+    #[arg(long, value_parser = parse_size)]
+    pub mem: Option<u64>,
+    /// New soft memory limit.
+    #[arg(long, value_parser = crate::task_spec::parse_bytes)]
+    pub memory_high: Option<u64>,
+    /// New process limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids: Option<u64>,
+    /// Print the task's new limits as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Task id, unique id prefix, or name.
+    pub task: String,
 }
 
 /// Arguments of `berth run`.
@@ -73,6 +99,9 @@ pub struct RunArgs {
     /// Seconds between SIGTERM and SIGKILL when the task is killed.
     #[arg(long, default_value = "3", value_parser = parse_grace)]
     pub grace: f64,
+    /// Isolation: limits beyond cpus/mem, capabilities, seccomp, volumes, user namespace.
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
     /// The command and its arguments (run directly, not through a shell).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -91,6 +120,10 @@ impl RunArgs {
             workdir: None,
             network: "none".into(),
             grace: 3.0,
+            isolation: IsolationArgs {
+                seccomp: "default".into(),
+                ..Default::default()
+            },
             command: vec!["/bin/sh".into(), "-c".into(), shell_command.into()],
         }
     }
@@ -162,30 +195,11 @@ fn parse_grace(text: &str) -> Result<f64, String> {
 
 /// Parses `64M`, `1G`, `512k`, `1048576` (bytes) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
-    let (number, multiplier) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
-        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
-        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
-        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
-        _ => (lower, 1),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{trimmed:?} is not a size like 64M, 1G or a number of bytes"))?;
-    if !value.is_finite() || value <= 0.0 {
-        return Err(format!("{trimmed} must be a positive size"));
+    let bytes = crate::task_spec::parse_bytes(text)?;
+    if bytes < 4 << 20 {
+        return Err(format!("{} is below the 4M minimum", text.trim()));
     }
-    let bytes = value * multiplier as f64;
-    if bytes < (4 << 20) as f64 {
-        return Err(format!("{trimmed} is below the 4M minimum"));
-    }
-    if bytes > u64::MAX as f64 / 2.0 {
-        return Err(format!("{trimmed} is too large"));
-    }
-    Ok(bytes as u64)
+    Ok(bytes)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -6,7 +6,7 @@ use anyhow::bail;
 use serde_json::Value;
 
 use super::{
-    KillArgs, LogsArgs, PsArgs, TaskRef,
+    KillArgs, LogsArgs, PsArgs, TaskRef, UpdateArgs,
     client::{AgentClient, urlencode},
     run::copy_new_output,
 };
@@ -131,6 +131,39 @@ pub async fn kill(client: &AgentClient, args: KillArgs) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("task {id} did not end within the grace period plus 30 s")
+}
+
+/// `berth update`.
+pub async fn update(client: &AgentClient, args: UpdateArgs) -> anyhow::Result<i32> {
+    let mut query = Vec::new();
+    if let Some(cpus) = args.cpus {
+        query.push(format!("cpus={cpus}"));
+    }
+    if let Some(mem) = args.mem {
+        query.push(format!("mem_bytes={mem}"));
+    }
+    if let Some(high) = args.memory_high {
+        query.push(format!("mem_high_bytes={high}"));
+    }
+    if let Some(pids) = args.pids {
+        query.push(format!("pids_max={pids}"));
+    }
+    if query.is_empty() {
+        bail!("nothing to update: give --cpus, --mem, --memory-high or --pids");
+    }
+    let path = format!(
+        "/api/berth/v1/tasks/{}/update?{}",
+        urlencode(&args.task),
+        query.join("&")
+    );
+    let task = client.post_json(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+    } else {
+        let id = task.get("id").and_then(Value::as_str).unwrap_or(&args.task);
+        println!("{id} updated");
+    }
+    Ok(0)
 }
 
 /// `berth inspect`.

@@ -27,6 +27,10 @@ pub const EXIT_BERTH_ERROR: i32 = 125;
 pub async fn run(agent_url: &str, args: RunArgs) -> anyhow::Result<i32> {
     let client = AgentClient::new(agent_url);
     let request = requested(&args);
+    // Bad isolation flags are reported before anything is sent to the agent.
+    args.isolation
+        .apply(&mut mesos::ContainerInfo::default(), &mut Vec::new())
+        .map_err(|e| anyhow::anyhow!(e))?;
     check_against_node(&client, &request).await?;
     let task_id = format!(
         "{}-{}",
@@ -246,6 +250,8 @@ impl Session {
             ..Default::default()
         };
         container.set_type(mesos::container_info::Type::Mesos);
+        // Checked before the framework subscribed (see `run`), so this cannot fail here.
+        let _ = args.isolation.apply(&mut container, &mut labels_list);
         mesos::TaskInfo {
             name: args.name.clone().unwrap_or_else(|| self.task_id.clone()),
             task_id: mesos::TaskId {
@@ -369,6 +375,9 @@ fn requested(args: &RunArgs) -> ResourceSet {
         "mem".into(),
         (args.mem as f64 / (1024.0 * 1024.0) * 1000.0).ceil() / 1000.0,
     );
+    if let Some(disk) = args.isolation.disk_mb() {
+        set.scalars.insert("disk".into(), disk);
+    }
     set
 }
 
