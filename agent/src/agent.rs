@@ -330,6 +330,31 @@ impl Agent {
         Ok(task)
     }
 
+    /// Usage of every running task's container (file reads, done on a blocking thread).
+    pub async fn usages(&self) -> Vec<crate::usage::TaskUsage> {
+        let running: Vec<TaskRecord> = self
+            .tasks()
+            .into_iter()
+            .filter(|t| !task::is_terminal(&t.state) && t.pid.is_some())
+            .collect();
+        let containerizer = self.containerizer.clone();
+        tokio::task::spawn_blocking(move || {
+            running
+                .into_iter()
+                .filter_map(|task| {
+                    let usage = containerizer.usage(&task.container_id).ok()?;
+                    Some(crate::usage::TaskUsage {
+                        task,
+                        usage,
+                        timestamp: task::now(),
+                    })
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Changes the limits of a running task's container in place, and records them.
     pub fn update_limits(
         &self,

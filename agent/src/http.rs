@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/state", get(agent_state))
         .route("/state.json", get(agent_state))
         .route("/metrics", get(metrics))
+        .route("/monitor/statistics", get(monitor_statistics))
+        .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/api/v1/scheduler", post(scheduler))
         .route("/api/berth/v1/tasks", get(list_tasks))
         .route("/api/berth/v1/tasks/{id}", get(inspect_task))
@@ -145,6 +147,7 @@ async fn inspect_task(State(state): State<AppState>, Path(id): Path<String>) -> 
             "pid": task.pid,
             "sandbox": containerizer.sandbox_dir(&task.container_id),
             "cgroup": isolation.get("cgroups").cloned().unwrap_or(Value::Null),
+            "isolation": isolation,
         },
         "resources": {"cpus": task.limits.cpus, "mem_mb": task.limits.mem_mb, "pids": task.limits.pids},
         "usage": usage,
@@ -335,6 +338,13 @@ fn resources_json(set: &crate::resources::ResourceSet) -> Value {
     Value::Object(map)
 }
 
+/// Mesos `/monitor/statistics`: resource usage of every running task's container.
+async fn monitor_statistics(State(state): State<AppState>) -> Json<Value> {
+    Json(crate::usage::monitor_statistics(
+        &state.agent.usages().await,
+    ))
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     let agent = &state.agent;
     let tasks = agent.tasks();
@@ -399,6 +409,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             samples: vec![(vec![], agent.uptime().as_secs_f64())],
         },
     ];
+    gauges.extend(crate::usage::gauges(&agent.usages().await));
     if let Some(master) = &state.master {
         let (frameworks, offers) = master.counts();
         gauges.push(Gauge {

@@ -25,3 +25,4 @@ pub mod resources;
 pub mod status_updates;
 pub mod task;
 pub mod task_spec;
+pub mod usage;
