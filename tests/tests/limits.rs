@@ -150,6 +150,7 @@ fn cgroup_cpu_limit_half_a_cpu_alone() {
     let id = agent.run_detached(&[
         "--cpus",
         "0.5",
+        "--cpu-hard-cap",
         "--name",
         "spin",
         "--",
@@ -184,4 +185,249 @@ fn cgroup_cpu_limit_half_a_cpu_alone() {
     agent.berth(&["kill", &id]).assert_success();
     agent.wait_for_state(&id, &["TASK_KILLED"], Duration::from_secs(30));
     wait_paths_gone(&paths, Duration::from_secs(20));
+}
+
+/// Reads a cgroup file of the container (the first hierarchy that has it), trimmed.
+fn read_cgroup(paths: &[std::path::PathBuf], file: &str) -> String {
+    let path = cgroup_file(paths, file).unwrap_or_else(|| panic!("no {file} in {paths:?}"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn cgroup_memory_high_throttles_without_killing() {
+    let Some(agent) = Agent::start_or_skip() else {
+        return;
+    };
+    // 96 MB of page cache through a 32 MB soft limit: reclaimed and throttled, never killed.
+    let o = agent.berth(&[
+        "run",
+        "--mem",
+        "256M",
+        "--memory-high",
+        "32M",
+        "--name",
+        "high",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=$MESOS_SANDBOX/f bs=1M count=96 2>/dev/null && sync && echo wrote",
+    ]);
+    o.assert_code(0);
+    assert!(o.stdout.contains("wrote"), "{o}");
+    let v = agent.inspect("high");
+    assert_eq!(v["task"]["state"], "TASK_FINISHED", "{v:#}");
+}
+
+#[test]
+fn cgroup_memory_high_is_written() {
+    let Some(agent) = Agent::start_or_skip() else {
+        return;
+    };
+    let id = agent.run_detached(&["--memory-high", "48M", "--", "sleep", "600"]);
+    let paths = container_cgroup_paths(&agent.inspect(&id));
+    let value = cgroup_file(&paths, "memory.high")
+        .or_else(|| cgroup_file(&paths, "memory.soft_limit_in_bytes"))
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .unwrap_or_else(|| {
+            panic!("neither memory.high nor memory.soft_limit_in_bytes in {paths:?}")
+        });
+    assert_eq!(value.trim(), (48u64 << 20).to_string());
+    agent.berth(&["kill", "--grace", "0", &id]).assert_success();
+}
+
+#[test]
+fn cgroup_live_update_of_limits() {
+    let Some(agent) = Agent::start_or_skip() else {
+        return;
+    };
+    let id = agent.run_detached(&[
+        "--mem",
+        "128M",
+        "--cpus",
+        "1",
+        "--cpu-hard-cap",
+        "--pids",
+        "100",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let paths = container_cgroup_paths(&agent.inspect(&id));
+    let mem_file = if cgroup_file(&paths, "memory.max").is_some() {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    assert_eq!(read_cgroup(&paths, mem_file), (128u64 << 20).to_string());
+    agent
+        .berth(&[
+            "update", "--mem", "64M", "--pids", "20", "--cpus", "0.5", &id,
+        ])
+        .assert_success();
+    assert_eq!(read_cgroup(&paths, mem_file), (64u64 << 20).to_string());
+    assert_eq!(read_cgroup(&paths, "pids.max"), "20");
+    if cgroup_file(&paths, "cpu.max").is_some() {
+        assert_eq!(read_cgroup(&paths, "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(read_cgroup(&paths, "cpu.cfs_quota_us"), "50000");
+    }
+    let v = agent.inspect(&id);
+    assert_eq!(v["resources"]["mem_mb"].as_f64(), Some(64.0), "{v:#}");
+    assert_eq!(v["resources"]["cpus"].as_f64(), Some(0.5), "{v:#}");
+    // bad updates are refused; the task runs on
+    let bad = agent.berth(&["update", "--mem", "1M", &id]);
+    assert_ne!(bad.code(), 0, "{bad}");
+    let unknown = agent.berth(&["update", "--mem", "64M", "no-such-task"]);
+    assert_ne!(unknown.code(), 0, "{unknown}");
+    assert!(unknown.stderr.contains("no-such-task"), "{unknown}");
+    assert_eq!(agent.task_state(&id), "TASK_RUNNING");
+    agent.berth(&["kill", "--grace", "0", &id]).assert_success();
+}
+
+#[test]
+fn cgroup_usage_matches_independent_readings() {
+    let Some(agent) = Agent::start_or_skip() else {
+        return;
+    };
+    let id = agent.run_detached(&[
+        "--cpus",
+        "0.5",
+        "--cpu-hard-cap",
+        "--name",
+        "usage",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let v = agent.inspect(&id);
+    let paths = container_cgroup_paths(&v);
+    thread::sleep(Duration::from_secs(2));
+    // cpu: the agent's reading against the cgroup's own counter read right before and after
+    let before = cgroup_cpu_usage_ns(&paths).expect("cpu usage file");
+    let reported = agent.inspect(&id)["usage"]["cpu_usage_ns"]
+        .as_u64()
+        .expect("usage.cpu_usage_ns");
+    let after = cgroup_cpu_usage_ns(&paths).expect("cpu usage file");
+    assert!(
+        reported as f64 >= before as f64 * 0.9 && reported as f64 <= after as f64 * 1.1,
+        "reported cpu {reported} ns is not within 10% of the cgroup's {before}..{after}"
+    );
+    // memory: the same for memory.current / memory.usage_in_bytes
+    let mem_file = if cgroup_file(&paths, "memory.current").is_some() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let independent: f64 = read_cgroup(&paths, mem_file).parse().unwrap();
+    let reported = agent.inspect(&id)["usage"]["mem_current_bytes"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (reported - independent).abs() <= independent * 0.1 + 64.0 * 1024.0,
+        "memory {reported} vs {independent}"
+    );
+    // /metrics has per-container series, /monitor/statistics the Mesos shape
+    let metrics = agent.get("/metrics").body;
+    assert!(
+        metrics.contains(&format!("berth_container_cpu_seconds{{task_id=\"{id}\"")),
+        "no per-container cpu series in /metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_container_memory_bytes{"),
+        "{metrics}"
+    );
+    let stats = agent.get("/monitor/statistics").json();
+    let entry = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["executor_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in /monitor/statistics: {stats:#}"));
+    assert!(
+        entry["statistics"]["cpus_user_time_secs"]
+            .as_f64()
+            .is_some(),
+        "{entry:#}"
+    );
+    assert_eq!(
+        entry["statistics"]["cpus_limit"].as_f64(),
+        Some(0.5),
+        "{entry:#}"
+    );
+    agent.berth(&["kill", "--grace", "0", &id]).assert_success();
+}
+
+#[test]
+fn cgroup_cpu_weights_split_a_contended_cpu_1_to_3_alone() {
+    let Some(agent) = Agent::start_or_skip() else {
+        return;
+    };
+    // Two hogs pinned to CPU 0 (cpuset) with weights from 0.25 and 0.75 cpus, no hard cap.
+    let hog = |cpus: &str, name: &str| {
+        agent.run_detached(&[
+            "--cpus",
+            cpus,
+            "--cpuset-cpus",
+            "0",
+            "--name",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+    };
+    let light = hog("0.25", "light");
+    let heavy = hog("0.75", "heavy");
+    let light_paths = container_cgroup_paths(&agent.inspect(&light));
+    let heavy_paths = container_cgroup_paths(&agent.inspect(&heavy));
+    thread::sleep(Duration::from_secs(1));
+    let read = |p: &[std::path::PathBuf]| cgroup_cpu_usage_ns(p).expect("cpu usage");
+    let (l1, h1) = (read(&light_paths), read(&heavy_paths));
+    thread::sleep(Duration::from_secs(4));
+    let (l2, h2) = (read(&light_paths), read(&heavy_paths));
+    let ratio = (h2 - h1) as f64 / (l2 - l1).max(1) as f64;
+    eprintln!("heavy:light cpu = {ratio:.2} (weights 3:1)");
+    assert!(
+        (2.0..=4.5).contains(&ratio),
+        "heavy:light cpu ratio {ratio:.2} is not ~3"
+    );
+    for id in [&light, &heavy] {
+        agent.berth(&["kill", "--grace", "0", id]).assert_success();
+    }
+}
+
+#[test]
+fn cgroup_destroy_of_100_containers_leaves_nothing_alone() {
+    let Some(mut agent) = Agent::start_or_skip() else {
+        return;
+    };
+    let ids: Vec<String> = (0..100)
+        .map(|i| {
+            agent.run_detached(&[
+                "--mem",
+                "16M",
+                "--cpus",
+                "0.01",
+                "--name",
+                &format!("many-{i}"),
+                "--",
+                "sleep",
+                "600",
+            ])
+        })
+        .collect();
+    assert_eq!(agent.ps_json(false).len(), 100);
+    for id in &ids {
+        agent.berth(&["kill", "--grace", "0", id]).assert_success();
+    }
+    for id in &ids {
+        agent.wait_for_state(id, &["TASK_KILLED"], Duration::from_secs(60));
+    }
+    // every container's cgroups and mounts are gone once the agent stops
+    agent.assert_no_leftovers();
 }
