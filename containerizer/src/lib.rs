@@ -354,10 +354,9 @@ impl Containerizer {
     pub async fn destroy(&self, id: &str) -> Result<(), ContainerizerError> {
         berth_isolators::validate_container_id(id)?;
         if let Ok(handle) = self.handle(id) {
-            if handle.exit.borrow().is_none() {
-                if self.kill(id, Duration::ZERO).await.is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id)).await;
-                }
+            let running = handle.exit.borrow().is_none();
+            if running && self.kill(id, Duration::ZERO).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id)).await;
             }
         } else if let Some(pid) = read_shim_pid(&self.state_dir(id)) {
             // An unknown container's shim (found by recovery): end it by pid.
@@ -392,13 +391,13 @@ impl Containerizer {
         .map_err(|e| ContainerizerError::Join(e.to_string()))?;
         self.containers.lock().expect("containers lock").remove(id);
         let state_dir = self.state_dir(id);
-        if let Err(source) = std::fs::remove_dir_all(&state_dir) {
-            if source.kind() != std::io::ErrorKind::NotFound {
-                return Err(ContainerizerError::RemoveDir {
-                    path: state_dir,
-                    source,
-                });
-            }
+        if let Err(source) = std::fs::remove_dir_all(&state_dir)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ContainerizerError::RemoveDir {
+                path: state_dir,
+                source,
+            });
         }
         result
     }

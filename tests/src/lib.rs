@@ -125,12 +125,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -273,10 +274,10 @@ pub fn privilege_problem() -> Option<String> {
     let probe = format!("berth-test-probe-{}", std::process::id());
     for d in dirs {
         let p = d.join(&probe);
-        if let Err(e) = fs::create_dir(&p) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Some(format!("cannot create a cgroup under {}: {e}", d.display()));
-            }
+        if let Err(e) = fs::create_dir(&p)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Some(format!("cannot create a cgroup under {}: {e}", d.display()));
         }
         let _ = fs::remove_dir(&p);
     }
@@ -726,10 +727,9 @@ impl Agent {
                 None,
                 b"",
                 Duration::from_secs(2),
-            ) {
-                if r.status == 200 {
-                    return Ok(());
-                }
+            ) && r.status == 200
+            {
+                return Ok(());
             }
             if start.elapsed() > timeout {
                 return Err(format!(
@@ -962,10 +962,10 @@ impl Agent {
     /// exit status.
     pub fn shutdown(&mut self) -> Option<ExitStatus> {
         if let Some(mut child) = self.child.take() {
-            if self.exit.is_none() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    self.exit = Some(st);
-                }
+            if self.exit.is_none()
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                self.exit = Some(st);
             }
             if self.exit.is_none() {
                 // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
@@ -1105,11 +1105,11 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let problem = self.check();
-        if let Some(t) = self.tmp.take() {
-            if problem.is_some() || std::env::var_os("BERTH_TEST_KEEP").is_some() {
-                let p = t.keep();
-                eprintln!("berth test: agent files kept in {}", p.display());
-            }
+        if let Some(t) = self.tmp.take()
+            && (problem.is_some() || std::env::var_os("BERTH_TEST_KEEP").is_some())
+        {
+            let p = t.keep();
+            eprintln!("berth test: agent files kept in {}", p.display());
         }
         if let Some(msg) = problem {
             if thread::panicking() {
@@ -1230,16 +1230,14 @@ pub fn cgroup_file(paths: &[PathBuf], file: &str) -> Option<PathBuf> {
 
 /// Cumulative CPU time of a cgroup in ns: v2 `cpu.stat` usage_usec, or v1 `cpuacct.usage`.
 pub fn cgroup_cpu_usage_ns(paths: &[PathBuf]) -> Option<u64> {
-    if let Some(f) = cgroup_file(paths, "cpu.stat") {
-        if let Ok(s) = fs::read_to_string(&f) {
-            if let Some(v) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                return Some(v * 1000);
-            }
-        }
+    if let Some(f) = cgroup_file(paths, "cpu.stat")
+        && let Ok(s) = fs::read_to_string(&f)
+        && let Some(v) = s
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(v * 1000);
     }
     let f = cgroup_file(paths, "cpuacct.usage")?;
     fs::read_to_string(f).ok()?.trim().parse().ok()

@@ -272,7 +272,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         fw.send(decline).await;
         let offer = fw.offer().await;
 
-        eprintln!("{:?}: {}", begun.elapsed(), "LAUNCH: one good task,");
+        eprintln!("{:?}: LAUNCH: one good task,", begun.elapsed());
         // LAUNCH: one good task, one asking for more than the offer.
         let agent_id = offer.agent_id.clone();
         let good = task("good", &agent_id, 0.1, 32.0, "echo from-good");
@@ -289,7 +289,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         let finished = fw.until_state("good", mesos::TaskState::TaskFinished).await;
         assert_eq!(finished.source(), mesos::task_status::Source::Executor);
 
-        eprintln!("{:?}: {}", begun.elapsed(), "The used offer is gone");
+        eprintln!("{:?}: The used offer is gone", begun.elapsed());
         // The used offer is gone: launching on it again drops the task.
         fw.send(launch(
             &offer,
@@ -299,7 +299,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         let dropped = fw.update_of("stale").await;
         assert_eq!(dropped.state(), mesos::TaskState::TaskDropped);
 
-        eprintln!("{:?}: {}", begun.elapsed(), "A task id already used");
+        eprintln!("{:?}: A task id already used", begun.elapsed());
         // A task id already used is refused.
         let offer = fw.offer().await;
         fw.send(launch(
@@ -315,7 +315,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
             duplicate.message
         );
 
-        eprintln!("{:?}: {}", begun.elapsed(), "LAUNCH_GROUP on a fres");
+        eprintln!("{:?}: LAUNCH_GROUP on a fres", begun.elapsed());
         // LAUNCH_GROUP on a fresh offer, then KILL one of the group.
         let offer = fw.offer().await;
         let mut operation = mesos::offer::Operation {
@@ -363,7 +363,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         fw.send(kill).await;
         fw.until_state("g1", mesos::TaskState::TaskKilled).await;
 
-        eprintln!("{:?}: {}", begun.elapsed(), "Explicit reconciliatio");
+        eprintln!("{:?}: Explicit reconciliatio", begun.elapsed());
         // Explicit reconciliation: known tasks report their state, unknown ones TASK_LOST.
         let mut reconcile = call(scheduler::call::Type::Reconcile);
         reconcile.reconcile = Some(scheduler::call::Reconcile {
@@ -390,7 +390,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         let unknown = fw.update_of("never-launched").await;
         assert_eq!(unknown.state(), mesos::TaskState::TaskLost);
 
-        eprintln!("{:?}: {}", begun.elapsed(), "Calls are bound to the");
+        eprintln!("{:?}: Calls are bound to the", begun.elapsed());
         // Calls are bound to the subscription: wrong stream id, missing framework id, unknown framework.
         let mut revive = call(scheduler::call::Type::Revive);
         revive.framework_id = Some(fw.framework_id.clone());
@@ -407,7 +407,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         });
         assert_eq!(fw.send_raw(&stranger, Some(&fw.stream_id)).await.0, 403);
 
-        eprintln!("{:?}: {}", begun.elapsed(), "TEARDOWN ends the fram");
+        eprintln!("{:?}: TEARDOWN ends the fram", begun.elapsed());
         // TEARDOWN ends the framework: its event stream closes.
         fw.send(call(scheduler::call::Type::Teardown)).await;
         let closed = tokio::time::timeout(Duration::from_secs(10), async {
