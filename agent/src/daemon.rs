@@ -272,10 +272,10 @@ fn lock_work_dir(work_dir: &Path) -> anyhow::Result<std::fs::File> {
 
 fn load_or_create_agent_id(meta_dir: &Path) -> anyhow::Result<String> {
     let path = meta_dir.join("agent.json");
-    if let Some(value) = checkpoint::read_json::<serde_json::Value>(&path)? {
-        if let Some(id) = value.get("id").and_then(|v| v.as_str()) {
-            return Ok(id.to_string());
-        }
+    if let Some(value) = checkpoint::read_json::<serde_json::Value>(&path)?
+        && let Some(id) = value.get("id").and_then(|v| v.as_str())
+    {
+        return Ok(id.to_string());
     }
     let id = format!("{}-S0", uuid::Uuid::new_v4());
     checkpoint::write_json(&path, &serde_json::json!({"id": id}))?;

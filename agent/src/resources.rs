@@ -280,7 +280,7 @@ pub fn detect(proc_root: &Path, work_dir: &Path) -> ResourceSet {
     set.scalars
         .insert("mem".into(), reserve(mem_total_mb) as f64);
     if let Ok(stat) = nix::sys::statvfs::statvfs(work_dir) {
-        let total_mb = stat.blocks() as u64 * stat.fragment_size() as u64 / (1024 * 1024);
+        let total_mb = stat.blocks() * stat.fragment_size() / (1024 * 1024);
         set.scalars.insert("disk".into(), reserve(total_mb) as f64);
     }
     set.ranges.insert("ports".into(), vec![(31000, 32000)]);

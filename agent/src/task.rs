@@ -136,7 +136,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 
 /// Bytes of lower-case hex (`None` for empty or invalid input).
 pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -478,7 +478,7 @@ pub(crate) fn container_config(
                 cpus,
                 mem_bytes: (mem_mb * 1024.0 * 1024.0) as u64,
                 pids_max: pids,
-                disk_bytes: (disk_mb > 0.0).then(|| (disk_mb * 1024.0 * 1024.0) as u64),
+                disk_bytes: (disk_mb > 0.0).then_some((disk_mb * 1024.0 * 1024.0) as u64),
                 ..extra
             },
             network,

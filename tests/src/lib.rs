@@ -329,10 +329,7 @@ impl HttpResponse {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
         let size_str = String::from_utf8_lossy(&b[..nl]);
         let size_str = size_str.split(';').next().unwrap_or("").trim();
         let Ok(size) = usize::from_str_radix(size_str, 16) else {

@@ -43,7 +43,7 @@ fn main() {
                 ));
                 berth_agent::daemon::run(*flags).await.map(|()| 0)
             }
-            Command::Run(args) => run::run(&cli.agent, args).await,
+            Command::Run(args) => run::run(&cli.agent, *args).await,
             Command::Ps(args) => ops::ps(&client, args).await,
             Command::Logs(args) => ops::logs(&client, args).await,
             Command::Kill(args) => ops::kill(&client, args).await,

@@ -34,7 +34,7 @@ pub enum Command {
     /// Run the node agent.
     Agent(Box<AgentFlags>),
     /// Run a command as a task (a framework on the scheduler API) and stream its output.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List tasks.
     Ps(PsArgs),
     /// Print a task's stdout and stderr.

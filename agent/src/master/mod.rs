@@ -160,10 +160,10 @@ impl EmbeddedMaster {
         {
             let mut state = self.state.lock().expect("master lock");
             // A failover replaces the previous connection, which is told so.
-            if let Some(old) = state.frameworks.get(&framework_id) {
-                if let Some((_, old_tx)) = &old.stream {
-                    let _ = old_tx.send(error_event("Framework failed over"));
-                }
+            if let Some(old) = state.frameworks.get(&framework_id)
+                && let Some((_, old_tx)) = &old.stream
+            {
+                let _ = old_tx.send(error_event("Framework failed over"));
             }
             let rescinded = rescind_offers_of(&mut state, &framework_id);
             debug!(framework_id, rescinded, "subscribe");
@@ -440,14 +440,14 @@ impl EmbeddedMaster {
                                 task.agent_id.value
                             ),
                         ))
-                    } else if let Some(missing) = offered.missing(&resources) {
-                        Some((
-                            mesos::TaskState::TaskError,
-                            mesos::task_status::Reason::TaskInvalid,
-                            format!("task uses more resources than offered: {missing}"),
-                        ))
                     } else {
-                        None
+                        offered.missing(&resources).map(|missing| {
+                            (
+                                mesos::TaskState::TaskError,
+                                mesos::task_status::Reason::TaskInvalid,
+                                format!("task uses more resources than offered: {missing}"),
+                            )
+                        })
                     };
                     match problem {
                         Some((state_, reason, message)) => {
@@ -736,14 +736,15 @@ impl MasterLink for EmbeddedMaster {
         let framework_gone = !state.frameworks.contains_key(framework_id);
         drop(state);
         // Updates for a framework that is gone for good are acknowledged by the master itself.
-        if framework_gone && has_uuid {
-            if let Some(agent) = self.agent() {
-                agent.acknowledge(
-                    framework_id,
-                    &task_id,
-                    status.uuid.as_deref().unwrap_or_default(),
-                );
-            }
+        if framework_gone
+            && has_uuid
+            && let Some(agent) = self.agent()
+        {
+            agent.acknowledge(
+                framework_id,
+                &task_id,
+                status.uuid.as_deref().unwrap_or_default(),
+            );
         }
         if terminal {
             self.allocate();

@@ -165,10 +165,10 @@ fn subscribe(
         return bad_request("SUBSCRIBE call without 'subscribe'");
     };
     let info = subscribe.framework_info;
-    if let (Some(call_id), Some(info_id)) = (&call.framework_id, &info.id) {
-        if call_id.value != info_id.value {
-            return bad_request("'framework_id' differs from 'subscribe.framework_info.id'");
-        }
+    if let (Some(call_id), Some(info_id)) = (&call.framework_id, &info.id)
+        && call_id.value != info_id.value
+    {
+        return bad_request("'framework_id' differs from 'subscribe.framework_info.id'");
     }
     let accept = match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
         None => content_type,
