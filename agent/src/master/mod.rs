@@ -296,7 +296,6 @@ impl EmbeddedMaster {
             r#type: Some(scheduler::event::Type::Offers as i32),
             offers: Some(scheduler::event::Offers {
                 offers: vec![offer],
-                ..Default::default()
             }),
             ..Default::default()
         };
