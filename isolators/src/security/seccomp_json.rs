@@ -31,21 +31,30 @@ pub struct ProfileContext {
     pub kernel: (u32, u32),
 }
 
+/// `null` as the default value: Go's encoder writes nil slices as `null`.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonProfile {
     default_action: String,
     #[serde(default)]
     default_errno_ret: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     architectures: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     arch_map: Vec<JsonArchMap>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     flags: Vec<String>,
     #[serde(default)]
     listener_path: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     syscalls: Vec<JsonSyscall>,
 }
 
@@ -53,25 +62,25 @@ struct JsonProfile {
 #[serde(rename_all = "camelCase")]
 struct JsonArchMap {
     architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     sub_architectures: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonSyscall {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     names: Vec<String>,
     #[serde(default)]
     name: Option<String>,
     action: String,
     #[serde(default)]
     errno_ret: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     args: Vec<JsonArg>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     includes: JsonFilter,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     excludes: JsonFilter,
 }
 
@@ -88,9 +97,9 @@ struct JsonArg {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonFilter {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     caps: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     arches: Vec<String>,
     #[serde(default)]
     min_kernel: Option<String>,

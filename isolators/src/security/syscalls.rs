@@ -148,7 +148,7 @@ const ELSEWHERE: &str = "\
     multiplexer rtas swapcontext pciconfig_iobase pciconfig_read pciconfig_write
     s390_pci_mmio_read s390_pci_mmio_write s390_runtime_instr s390_guarded_storage s390_sthyi
     riscv_flush_icache riscv_hwprobe sysmips cachectl oldumount get_tls atomic_barrier
-    atomic_cmpxchg_32 memory_ordering
+    atomic_cmpxchg_32 memory_ordering recv send
     _sysctl access afs_syscall alarm arch_prctl chmod chown creat dup2 epoll_create
     epoll_ctl_old epoll_wait epoll_wait_old eventfd fork futimesat get_thread_area getdents
     getpgrp getpmsg inotify_init ioperm iopl lchown link lstat mkdir mknod modify_ldt open pause

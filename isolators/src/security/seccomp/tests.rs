@@ -67,6 +67,7 @@ fn default_program() -> Vec<BpfInstruction> {
 #[test]
 fn default_profile_compiles_to_a_sane_size() {
     let p = default_program();
+    eprintln!("default profile: {} instructions", p.len());
     // ~60 calls at ~5 instructions each, plus the argument checks.
     assert!(p.len() > 100 && p.len() < 600, "{} instructions", p.len());
     // Every name in the default list is a real call somewhere.
@@ -352,4 +353,56 @@ fn kernel_versions_parse() {
     assert_eq!(seccomp_json::parse_kernel_version("5.8"), Some((5, 8)));
     assert_eq!(seccomp_json::parse_kernel_version("4"), Some((4, 0)));
     assert_eq!(seccomp_json::parse_kernel_version("x.y"), None);
+}
+
+/// A profile shaped like Docker's default: an allow list with `archMap` (Go's `null`s), names of
+/// other architectures, per-arch and per-capability entries.
+const DOCKER_LIKE: &str = r#"{
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "defaultErrnoRet": 1,
+    "archMap": [
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]},
+        {"architecture": "SCMP_ARCH_RISCV64", "subArchitectures": null}
+    ],
+    "syscalls": [
+        {"names": ["read", "write", "close", "execve", "exit_group", "mkdirat", "_llseek",
+                   "chown32", "recv", "send", "socketcall", "waitpid"],
+         "action": "SCMP_ACT_ALLOW", "args": null, "comment": "", "includes": null,
+         "excludes": null},
+        {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW",
+         "includes": {"arches": ["amd64", "x32"]}},
+        {"names": ["arm_fadvise64_64", "set_tls"], "action": "SCMP_ACT_ALLOW",
+         "includes": {"arches": ["arm", "arm64"]}},
+        {"names": ["mount", "unshare", "clone", "clone3"], "action": "SCMP_ACT_ALLOW",
+         "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}],
+         "excludes": {"caps": ["CAP_SYS_ADMIN"], "arches": ["s390", "s390x"]}},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+         "excludes": {"caps": ["CAP_SYS_ADMIN"]}}
+    ]
+}"#;
+
+#[test]
+fn docker_shaped_profile() {
+    let p = custom(DOCKER_LIKE).unwrap();
+    assert_eq!(call(&p, "read", 0), ALLOW);
+    assert_eq!(call(&p, "openat", 0), errno(libc::EPERM));
+    assert_eq!(call(&p, "mount", 0), errno(libc::EPERM));
+    assert_eq!(call(&p, "clone", libc::SIGCHLD as u64), ALLOW);
+    assert_eq!(
+        call(&p, "clone", libc::CLONE_NEWNS as u64),
+        errno(libc::EPERM)
+    );
+    assert_eq!(call(&p, "clone3", 0), errno(libc::ENOSYS));
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(call(&p, "arch_prctl", 0), ALLOW);
+    // With CAP_SYS_ADMIN: the namespace calls are allowed, clone3 too.
+    let p = SeccompIsolator::new()
+        .compile_custom(DOCKER_LIKE, &["SYS_ADMIN".into()], &[])
+        .unwrap();
+    assert_eq!(call(&p, "mount", 0), ALLOW);
+    assert_eq!(call(&p, "clone", libc::CLONE_NEWNS as u64), ALLOW);
+    assert_eq!(call(&p, "clone3", 0), ALLOW);
 }
