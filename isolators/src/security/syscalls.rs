@@ -105,6 +105,13 @@ const EXTRA: &[(&str, i64)] = &[
     ("fchmodat2", 452),
 ];
 
+/// Other architectures: the common names only (berth is tested on x86_64).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ARCH: &[(&str, i64)] = &[];
+/// Other architectures: nothing beyond `libc`.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const EXTRA: &[(&str, i64)] = &[];
+
 /// Calls numbered alike on every architecture (the unified table from 424 on) that `libc`
 /// lacks.
 const UNIFIED: &[(&str, i64)] = &[
