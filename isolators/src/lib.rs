@@ -13,6 +13,9 @@
 //!   nested under the agent's own cgroup in every hierarchy.
 //! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc and (unless host
 //!   networking) net namespaces.
+//! - [`security`]: capabilities ([`security::CapabilitiesIsolator`]), seccomp
+//!   ([`security::SeccompIsolator`]) and rlimits ([`security::RlimitsIsolator`]); they only
+//!   compute the shim's [`SecurityPlan`], which the shim applies right before `execve`.
 //!
 //! Every filesystem-backed API takes its root path (`/sys/fs/cgroup`, `/proc`), so the logic is
 //! unit-tested against fixture trees; the privileged tests then run it for real.
@@ -20,6 +23,7 @@
 
 pub mod cgroups;
 pub mod namespaces;
+pub mod security;
 
 use std::path::PathBuf;
 

@@ -22,6 +22,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::ShimError;
+use super::security::PreparedSecurity;
 use super::status::{Ended, encode_ended, encode_exec_error, encode_setup_error};
 use crate::protocol::ShimConfig;
 
@@ -133,6 +134,8 @@ pub struct InitSpec {
     pub envp: Vec<CString>,
     /// Paths to try for `argv[0]`.
     pub candidates: Vec<CString>,
+    /// Privilege restrictions applied right before `execve` (see [`super::security`]).
+    pub security: PreparedSecurity,
 }
 
 impl InitSpec {
@@ -173,6 +176,8 @@ impl InitSpec {
         {
             return Err(ShimError::InvalidConfig(format!("invalid hostname {h:?}")));
         }
+        let security = PreparedSecurity::prepare(&cfg.security)
+            .map_err(|e| ShimError::InvalidConfig(format!("security plan: {e}")))?;
         Ok(InitSpec {
             ns,
             hostname: cfg.hostname.clone(),
@@ -180,6 +185,7 @@ impl InitSpec {
             argv,
             envp,
             candidates,
+            security,
         })
     }
 }
@@ -478,6 +484,12 @@ fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, init_pid: Pid) -> ! 
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         )
     };
+    // Privilege restrictions: rlimits, no_new_privs, capabilities, user, and the seccomp filter
+    // last, so nothing but the execve below (and reporting its failure) runs under it.
+    if let Err(e) = spec.security.apply() {
+        report(status_w, &encode_setup_error(&e.to_string()));
+        exit_now(127);
+    }
     // The execvpe search: ENOENT/ENOTDIR → next candidate, EACCES → remembered, next; anything
     // else stops the search.
     let mut saw_eacces = false;

@@ -6,6 +6,7 @@
 
 pub mod event_loop;
 pub mod init;
+pub mod security;
 pub mod status;
 
 use std::ffi::OsString;
