@@ -19,9 +19,7 @@ use std::{
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use berth_containerizer::{Containerizer, ContainerizerPaths};
-use berth_isolators::{
-    Isolator, NetworkMode, cgroups::CgroupsIsolator, namespaces::NamespacesIsolator,
-};
+use berth_isolators::{NetworkMode, cgroups::CgroupsIsolator};
 use clap::{Args, ValueEnum};
 use tracing::{info, warn};
 
@@ -29,7 +27,7 @@ use crate::{
     agent::{Agent, AgentSettings},
     checkpoint,
     http::{self, AppState},
-    isolation::IsolationFlags,
+    isolation::{IsolationFlags, IsolatorPaths, build_isolators},
     link::AgentPort,
     master::EmbeddedMaster,
     metrics::Metrics,
@@ -156,11 +154,24 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         );
     }
     let cgroups = Arc::new(cgroups);
-    let isolators: Vec<Arc<dyn Isolator>> = vec![cgroups.clone(), Arc::new(NamespacesIsolator)];
+    let containers_runtime = flags.runtime_dir.join("containers");
+    let isolators = build_isolators(
+        &flags.isolation,
+        cgroups.clone(),
+        &IsolatorPaths {
+            work_dir: flags.work_dir.clone(),
+            runtime_dir: flags.runtime_dir.clone(),
+            containers_runtime: containers_runtime.clone(),
+        },
+    )?;
+    info!(
+        isolators = ?isolators.iter().map(|i| i.name()).collect::<Vec<_>>(),
+        "isolators enabled"
+    );
     let containerizer = Arc::new(Containerizer::new(
         ContainerizerPaths {
             sandboxes: flags.work_dir.join("sandboxes"),
-            runtime: flags.runtime_dir.join("containers"),
+            runtime: containers_runtime,
             executor_bin,
         },
         isolators,

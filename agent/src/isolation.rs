@@ -1,7 +1,19 @@
 //! The agent's choice of isolators (`--isolation`, Mesos names accepted) and their settings.
 
-use std::{collections::BTreeSet, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
+use berth_isolators::{
+    Isolator,
+    cgroups::CgroupsIsolator,
+    namespaces::NamespacesIsolator,
+    security::{CapabilitiesIsolator, RlimitsIsolator, SeccompIsolator},
+};
 use clap::Args;
 
 /// The isolators berth has, in launch order.
@@ -126,6 +138,42 @@ pub struct IsolationFlags {
     /// Kill tasks that exceed their disk limit (else only report the usage).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub enforce_container_disk_quota: bool,
+}
+
+/// Where the isolators keep their state, from the agent's directories.
+#[derive(Debug, Clone)]
+pub struct IsolatorPaths {
+    /// The agent's work dir (hidden from containers).
+    pub work_dir: PathBuf,
+    /// The agent's runtime dir (hidden from containers).
+    pub runtime_dir: PathBuf,
+    /// The containerizer's per-container runtime root (`<runtime-dir>/containers`).
+    pub containers_runtime: PathBuf,
+}
+
+/// Builds the enabled isolators, in launch order (later isolators' launch needs win on merge).
+pub fn build_isolators(
+    flags: &IsolationFlags,
+    cgroups: Arc<CgroupsIsolator>,
+    paths: &IsolatorPaths,
+) -> anyhow::Result<Vec<Arc<dyn Isolator>>> {
+    let _ = paths;
+    let mut isolators: Vec<Arc<dyn Isolator>> = Vec::new();
+    for kind in &flags.isolation.0 {
+        match kind {
+            IsolatorKind::Cgroups => isolators.push(cgroups.clone()),
+            IsolatorKind::Namespaces => isolators.push(Arc::new(NamespacesIsolator)),
+            IsolatorKind::UserNamespace => {}
+            IsolatorKind::Filesystem => {}
+            IsolatorKind::Capabilities => {
+                isolators.push(Arc::new(CapabilitiesIsolator::new(Path::new("/proc"))))
+            }
+            IsolatorKind::Seccomp => isolators.push(Arc::new(SeccompIsolator::new())),
+            IsolatorKind::Rlimits => isolators.push(Arc::new(RlimitsIsolator::new())),
+            IsolatorKind::Disk => {}
+        }
+    }
+    Ok(isolators)
 }
 
 /// Parses "15s", "500ms", "2m" or a number of seconds.

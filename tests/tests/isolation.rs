@@ -140,7 +140,7 @@ fn cgroup_capabilities_add_and_drop() {
         return;
     };
     // The container has its own network namespace: the dummy link never touches the host.
-    let add_link = "ip link add berth-t0 type dummy && echo added";
+    let add_link = "ip link add berth-t0a type veth peer name berth-t0b && echo added";
     let denied = sh(&agent, &[], add_link);
     assert_ne!(
         denied.code(),
