@@ -13,12 +13,15 @@
 //!   nested under the agent's own cgroup in every hierarchy.
 //! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc and (unless host
 //!   networking) net namespaces.
+//! - [`disk::DiskIsolator`]: a per-sandbox disk limit, by project quota where the filesystem
+//!   supports it and by periodic usage accounting elsewhere (Mesos `posix/disk` and `xfs/disk`).
 //!
 //! Every filesystem-backed API takes its root path (`/sys/fs/cgroup`, `/proc`), so the logic is
 //! unit-tested against fixture trees; the privileged tests then run it for real.
 #![warn(missing_docs)]
 
 pub mod cgroups;
+pub mod disk;
 pub mod namespaces;
 
 use std::path::PathBuf;
