@@ -20,12 +20,18 @@
 //! Mesos's `xfs/disk` can kill a container over a soft limit (`--xfs_kill_containers`). berth sets
 //! soft = hard = the limit and keeps the container alive while the kernel enforces the limit: the
 //! workload sees `EDQUOT` and may recover (delete files). `check` reports a limitation only when
-//! the project is *at* its hard limit, i.e. less than one filesystem block (`st_blksize` of the
-//! sandbox) of room is left, since the kernel never lets usage pass the hard limit and a write that
-//! would cross it fails whole blocks short of it. A workload that hits the quota and exits by
-//! itself before the next check ends with its own exit status (its stderr says "Disk quota
-//! exceeded"); [`Isolator::limitation`] reports nothing for disk, because a limitation overrides a
-//! successful exit.
+//! the project is *at* its hard limit. The kernel never lets usage pass the hard limit, and a
+//! write that would cross it fails whole pages (whole folios on kernels with large folios) short
+//! of it, so "at" means less than [`quota_room`] is left (1/16 of the limit, between 4 and
+//! 64 KiB). A heuristic: a workload failing a write of a large folio may leave more room than that
+//! and then lives on with `EDQUOT` (the kernel still enforces the limit). A workload that hits the
+//! quota and exits by itself before the next check ends with its own exit status (its stderr says
+//! "Disk quota exceeded"); [`Isolator::limitation`] reports nothing for disk, because a limitation
+//! overrides a successful exit.
+//!
+//! Root with `CAP_SYS_RESOURCE` is exempt from quota limits: a container given that capability
+//! can write past the hard limit, and is then ended by `check` (usage over the limit) as in
+//! accounting mode.
 //!
 //! # `enforce`
 //! With [`DiskOptions::enforce`] off (Mesos `--enforce_container_disk_quota=false`) usage is only
@@ -51,7 +57,6 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::RangeInclusive;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -205,21 +210,14 @@ struct Sample {
 #[derive(Debug)]
 struct Tracked {
     record: Record,
-    /// The sandbox's filesystem block size: the room under which a quota counts as reached.
-    block_size: u64,
     /// Accounting mode: the cached walk (the lock also serialises walks of one sandbox).
     sample: Mutex<Option<Sample>>,
 }
 
 impl Tracked {
     fn new(record: Record) -> Tracked {
-        let block_size = std::fs::metadata(&record.sandbox)
-            .map(|m| m.blksize())
-            .unwrap_or(4096)
-            .max(QUOTA_BLOCK);
         Tracked {
             record,
-            block_size,
             sample: Mutex::new(None),
         }
     }
@@ -233,11 +231,17 @@ fn needs_walk(last: Option<Instant>, now: Instant, interval: Duration) -> bool {
     }
 }
 
+/// The room under which a project quota of `limit_bytes` counts as reached: 1/16 of the limit,
+/// at least 4 KiB (a page), at most 64 KiB.
+pub fn quota_room(limit_bytes: u64) -> u64 {
+    (limit_bytes / 16).clamp(4096, 64 * 1024)
+}
+
 /// Whether a project quota of `limit_bytes` (rounded up to 1 KiB by the kernel) is reached: less
-/// than one block of `block_size` bytes left.
-fn quota_reached(used_bytes: u64, limit_bytes: u64, block_size: u64) -> bool {
+/// than [`quota_room`] left.
+fn quota_reached(used_bytes: u64, limit_bytes: u64) -> bool {
     let kernel_limit = limit_bytes.div_ceil(QUOTA_BLOCK) * QUOTA_BLOCK;
-    used_bytes.saturating_add(block_size) > kernel_limit
+    used_bytes.saturating_add(quota_room(limit_bytes)) > kernel_limit
 }
 
 /// `n` bytes for people: "512 B", "10 MiB" when exact, else one decimal ("12.3 MiB").
@@ -249,7 +253,7 @@ pub fn human_bytes(n: u64) -> String {
         div *= 1024;
         unit += 1;
     }
-    if n % div == 0 {
+    if n.is_multiple_of(div) {
         return format!("{} {}", n / div, UNITS[unit]);
     }
     let tenths = (u128::from(n) * 10 + u128::from(div) / 2) / u128::from(div);
@@ -713,7 +717,7 @@ impl Isolator for DiskIsolator {
             return Ok(None);
         };
         let message = if record.kernel_limit {
-            quota_reached(used, record.limit_bytes, tracked.block_size)
+            quota_reached(used, record.limit_bytes)
                 .then(|| quota_reached_message(used, record.limit_bytes, &record.sandbox))
         } else {
             (used > record.limit_bytes)

@@ -191,14 +191,22 @@ fn walks_are_rate_limited_to_the_interval() {
 }
 
 #[test]
-fn quota_is_reached_when_less_than_a_block_is_left() {
+fn quota_is_reached_when_little_room_is_left() {
     let mib = 1 << 20;
-    assert!(!quota_reached(0, mib, 4096));
-    assert!(!quota_reached(mib - 4096, mib, 4096));
-    assert!(quota_reached(mib - 4095, mib, 4096));
-    assert!(quota_reached(mib, mib, 4096));
+    assert_eq!(quota_room(mib), 64 * 1024);
+    assert_eq!(quota_room(10 * mib * 1024), 64 * 1024);
+    assert_eq!(quota_room(16 * 1024), 4096);
+    assert_eq!(quota_room(256 * 1024), 16 * 1024);
+    assert!(!quota_reached(0, mib));
+    assert!(!quota_reached(mib - 64 * 1024, mib));
+    assert!(quota_reached(mib - 64 * 1024 + 1, mib));
+    // Seen on ext4 with 1 KiB blocks: dd stopped 2 KiB short of a 1 MiB quota.
+    assert!(quota_reached(1_046_528, mib));
+    assert!(quota_reached(mib, mib));
     // The kernel rounds the limit up to 1 KiB.
-    assert!(!quota_reached(8192, 8192 + 4097, 4096));
+    // (16385 bytes = 17 KiB for the kernel, 4 KiB room.)
+    assert!(!quota_reached(13 * 1024, 16385));
+    assert!(quota_reached(13 * 1024 + 1, 16385));
 }
 
 #[test]
@@ -541,10 +549,14 @@ fn quota_mode_sets_project_and_limit_and_cleanup_clears_them() {
     assert_eq!(iso.describe("c2")["project_id"], 5002);
 
     // Usage comes from the kernel; the limitation only at the hard limit.
-    quota.usage.lock().unwrap().insert(5000, (1 << 20) - 8192);
+    quota
+        .usage
+        .lock()
+        .unwrap()
+        .insert(5000, (1 << 20) - 128 * 1024);
     assert_eq!(
         iso.usage("c1").unwrap().disk_used_bytes,
-        Some((1 << 20) - 8192)
+        Some((1 << 20) - 128 * 1024)
     );
     assert_eq!(iso.check("c1").unwrap(), None);
     quota.usage.lock().unwrap().insert(5000, 1 << 20);
