@@ -1,19 +1,19 @@
 //! Privileged tests of the disk isolator against real filesystems.
 //!
 //! - Accounting mode on a directory under /tmp: a sandbox over its limit is reported.
-//! - Quota mode on an ext4 filesystem with project quota made by the test (a sparse image file,
-//!   `mkfs.ext4 -O quota,project`, a loop device, mounted `prjquota`): writes past the limit fail
-//!   with EDQUOT for a writer without `CAP_SYS_RESOURCE` (root keeping it may ignore quota
-//!   limits; a container's default capabilities drop it), usage comes from the kernel, cleanup
-//!   and recovery clear the limit. The same filesystem mounted without `prjquota` falls back to
-//!   accounting. The kernel needs `CONFIG_QUOTA`, `CONFIG_QFMT_V2` (module `quota_v2`), ext4 and
-//!   loop support: the CI host's kernel has no `QFMT_V2`, so this runs in the microVM
-//!   (`tests/vm/berth-v2vm --modules "loop ext4 quota_v2"`).
+//! - Quota mode, on ext4 (`mkfs.ext4 -O quota,project`) and on xfs, each made by the test as a
+//!   sparse image file on a loop device, mounted `prjquota`: writes past the limit fail with
+//!   EDQUOT (ENOSPC on xfs) for a writer without `CAP_SYS_RESOURCE` (root keeping it may ignore quota limits; a
+//!   container's default capabilities drop it), usage comes from the kernel, cleanup and recovery
+//!   clear the limit. The same filesystem mounted without `prjquota` falls back to accounting.
 //!
-//! They need root, e2fsprogs (`mkfs.ext4`, `lsattr`), util-linux (`losetup`) and loop devices;
-//! without them they FAIL saying why, unless `BERTH_TEST_ALLOW_SKIP=1` is set. Everything lives
-//! under `/tmp/berth-test-<pid>-disk-*`; a Drop guard unmounts, detaches the loop device and
-//! removes the files on every path.
+//! Kernel: ext4 quota needs `CONFIG_QUOTA` + `CONFIG_QFMT_V2` (module `quota_v2`), xfs quota
+//! `CONFIG_XFS_QUOTA`, both loop devices. The CI host's kernel has neither quota option, so the
+//! `quota_mode_on_*` tests run in the microVM (`tests/vm/berth-v2vm --modules "loop ext4 xfs
+//! quota_v2"`). Packages: e2fsprogs (`mkfs.ext4`, `lsattr`), xfsprogs (`mkfs.xfs`), util-linux
+//! (`losetup`), coreutils (`dd`, `du`). Without them (or root) the tests FAIL saying why, unless
+//! `BERTH_TEST_ALLOW_SKIP=1` is set. Everything lives under `/tmp/berth-test-<pid>-disk-*`; a Drop
+//! guard unmounts, detaches the loop device and removes the files on every path.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -102,6 +102,12 @@ fn fill_as_workload(path: &Path, total: u64) -> (u64, Option<String>) {
     }
 }
 
+/// `syncfs` of the filesystem holding `dir`.
+fn sync_fs(dir: &Path) {
+    let fd = std::fs::File::open(dir).expect("open dir");
+    nix::unistd::syncfs(&fd).expect("syncfs");
+}
+
 /// `du -sx --block-size=1`: an independent reading.
 fn du(path: &Path) -> u64 {
     let out = Command::new("du")
@@ -142,7 +148,12 @@ fn kernel_quota(dir: &Path, id: u32) -> (u64, u64) {
             &raw mut dq,
         )
     };
-    assert_eq!(ret, 0, "Q_GETQUOTA: {}", std::io::Error::last_os_error());
+    if ret != 0 {
+        let err = std::io::Error::last_os_error();
+        // xfs has no dquot for a project without usage or limits.
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "Q_GETQUOTA: {err}");
+        return (0, 0);
+    }
     (dq.dqb_curspace, dq.dqb_bhardlimit)
 }
 
@@ -180,19 +191,66 @@ fn accounting_mode_reports_a_sandbox_over_its_limit() {
     assert!(sandbox.join("half").exists(), "cleanup kept the sandbox");
 }
 
-/// Whether /proc/config.gz (when present) says the kernel has no v2 quota format.
-fn kernel_lacks_qfmt_v2() -> bool {
+/// Whether /proc/config.gz (when present) says the kernel lacks `option` (`CONFIG_QFMT_V2`).
+fn kernel_lacks(option: &str) -> bool {
     let Ok(out) = Command::new("sh")
-        .args([
-            "-c",
-            "zcat /proc/config.gz 2>/dev/null | grep -c '^CONFIG_QFMT_V2='",
-        ])
+        .arg("-c")
+        .arg(format!(
+            "zcat /proc/config.gz 2>/dev/null | grep -c '^{option}='"
+        ))
         .output()
     else {
         return false;
     };
     let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
     std::path::Path::new("/proc/config.gz").exists() && found == "0"
+}
+
+/// A filesystem type with project quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    fn name(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+
+    /// Image size (xfs refuses filesystems under 300 MiB) and the mkfs command.
+    fn mkfs(self) -> (u64, &'static str, &'static [&'static str], &'static str) {
+        match self {
+            // 256-byte inodes hold the project id; small filesystems default to 128.
+            FsType::Ext4 => (
+                64 * MIB,
+                "mkfs.ext4",
+                &["-q", "-F", "-I", "256", "-O", "quota,project"],
+                "e2fsprogs",
+            ),
+            FsType::Xfs => (320 * MIB, "mkfs.xfs", &["-q", "-f"], "xfsprogs"),
+        }
+    }
+
+    /// How a write past a project quota fails: xfs reports ENOSPC for project quotas (the tree
+    /// is "full", as `df` of it shows), ext4 EDQUOT.
+    fn quota_error(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "Disk quota exceeded",
+            FsType::Xfs => "No space left on device",
+        }
+    }
+
+    /// The kernel options quota on this filesystem needs.
+    fn kernel_options(self) -> &'static [&'static str] {
+        match self {
+            FsType::Ext4 => &["CONFIG_QUOTA", "CONFIG_QFMT_V2"],
+            FsType::Xfs => &["CONFIG_XFS_QUOTA"],
+        }
+    }
 }
 
 /// Removes a directory tree on drop.
@@ -204,8 +262,9 @@ impl Drop for RemoveDir {
     }
 }
 
-/// A loop-mounted ext4 with project quota; unmounted, detached and removed on drop.
+/// A loop-mounted filesystem with project quota; unmounted, detached and removed on drop.
 struct LoopFs {
+    fstype: FsType,
     base: PathBuf,
     image: PathBuf,
     mnt: PathBuf,
@@ -215,27 +274,32 @@ struct LoopFs {
 
 impl LoopFs {
     /// Makes the image and attaches it; `Err` says what is missing.
-    fn create() -> Result<LoopFs, String> {
-        let base = PathBuf::from(format!("/tmp/berth-test-{}-disk-quota", std::process::id()));
+    fn create(fstype: FsType) -> Result<LoopFs, String> {
+        let base = PathBuf::from(format!(
+            "/tmp/berth-test-{}-disk-{}",
+            std::process::id(),
+            fstype.name()
+        ));
         let mut fs = LoopFs {
+            fstype,
             image: base.join("fs.img"),
             mnt: base.join("mnt"),
             base,
             device: None,
             mounted: false,
         };
+        let (size, mkfs, args, package) = fstype.mkfs();
         std::fs::create_dir_all(&fs.mnt).map_err(|e| format!("mkdir {}: {e}", fs.mnt.display()))?;
         let image = std::fs::File::create(&fs.image).map_err(|e| format!("image: {e}"))?;
-        image.set_len(64 * MIB).map_err(|e| format!("image: {e}"))?;
+        image.set_len(size).map_err(|e| format!("image: {e}"))?;
         drop(image);
-        // 256-byte inodes hold the project id; small filesystems default to 128.
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-I", "256", "-O", "quota,project"])
+        let out = Command::new(mkfs)
+            .args(args)
             .arg(&fs.image)
             .output()
-            .map_err(|e| format!("mkfs.ext4 not runnable (install e2fsprogs): {e}"))?;
+            .map_err(|e| format!("{mkfs} not runnable (install {package}): {e}"))?;
         if !out.status.success() {
-            return Err(format!("mkfs.ext4 -O quota,project failed: {out:?}"));
+            return Err(format!("{mkfs} {args:?} failed: {out:?}"));
         }
         let out = Command::new("losetup")
             .args(["-f", "--show"])
@@ -252,23 +316,25 @@ impl LoopFs {
     /// Mounts the filesystem; `Err` says why the kernel refused.
     fn mount(&mut self, options: Option<&str>) -> Result<(), String> {
         let device = self.device.as_deref().unwrap();
+        let fstype = self.fstype.name();
         nix::mount::mount(
             Some(device),
             &self.mnt,
-            Some("ext4"),
+            Some(fstype),
             nix::mount::MsFlags::empty(),
             options,
         )
         .map_err(|e| {
+            let needs = self.fstype.kernel_options();
+            let missing: Vec<&str> = needs.iter().copied().filter(|o| kernel_lacks(o)).collect();
             format!(
-                "mount -t ext4 {device} {} (options {options:?}) failed: {e}; ext4 with the quota \
-                 feature needs a kernel with CONFIG_QUOTA and CONFIG_QFMT_V2 (module quota_v2){} \
-                 (see dmesg)",
+                "mount -t {fstype} {device} {} (options {options:?}) failed: {e}; quota on \
+                 {fstype} needs a kernel with {needs:?}{} (see dmesg)",
                 self.mnt.display(),
-                if kernel_lacks_qfmt_v2() {
-                    ": this kernel's /proc/config.gz has no CONFIG_QFMT_V2"
+                if missing.is_empty() {
+                    String::new()
                 } else {
-                    ""
+                    format!(": this kernel's /proc/config.gz lacks {missing:?}")
                 }
             )
         })?;
@@ -301,11 +367,21 @@ impl Drop for LoopFs {
 }
 
 #[test]
-fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
+fn quota_mode_on_ext4_with_project_quota() {
+    quota_mode_on(FsType::Ext4);
+}
+
+#[test]
+fn quota_mode_on_xfs_with_project_quota() {
+    quota_mode_on(FsType::Xfs);
+}
+
+/// The quota-mode scenario on a fresh loop-mounted filesystem of type `fstype`.
+fn quota_mode_on(fstype: FsType) {
     if !nix::unistd::geteuid().is_root() {
         return cannot_run("not running as root");
     }
-    let mut fs = match LoopFs::create() {
+    let mut fs = match LoopFs::create(fstype) {
         Ok(fs) => fs,
         Err(reason) => return cannot_run(&reason),
     };
@@ -316,7 +392,8 @@ fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
         opts
     };
 
-    // 1. Without `prjquota` the kernel accounts but does not enforce: accounting mode.
+    // 1. Without `prjquota` the kernel does not enforce project quota (ext4 still accounts it):
+    //    accounting mode.
     if let Err(reason) = fs.mount(None) {
         return cannot_run(&reason);
     }
@@ -329,7 +406,9 @@ fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
     fs.umount();
 
     // 2. With `prjquota`: quota mode.
-    fs.mount(Some("prjquota")).unwrap();
+    if let Err(reason) = fs.mount(Some("prjquota")) {
+        return cannot_run(&reason);
+    }
     let sandbox = fs.mnt.join("sandboxes/q1");
     std::fs::create_dir_all(&sandbox).unwrap();
     let iso = DiskIsolator::new(options()).unwrap();
@@ -345,12 +424,12 @@ fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
     assert_eq!(kernel_quota(&fs.mnt, project).1, 1024, "hard limit in KiB");
     assert_eq!(iso.check("q1").unwrap(), None);
 
-    // Writing past the limit fails with EDQUOT; a subdirectory inherits the project.
+    // Writing past the limit fails (EDQUOT; ENOSPC on xfs); a subdirectory inherits the project.
     std::fs::create_dir(sandbox.join("sub")).unwrap();
     assert_eq!(lsattr_project(&sandbox.join("sub")), project);
     let (written, err) = fill_as_workload(&sandbox.join("sub/fill"), 3 * MIB);
     let err = err.expect("3 MiB fit in a 1 MiB quota");
-    assert!(err.contains("Disk quota exceeded"), "{err}");
+    assert!(err.contains(fstype.quota_error()), "{err}");
     assert!(written <= MIB, "wrote {written} bytes");
     let usage = iso.usage("q1").unwrap();
     let used = usage.disk_used_bytes.unwrap();
@@ -367,7 +446,21 @@ fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
     };
     assert!(message.contains("reached the 1 MiB quota"), "{message}");
     std::fs::remove_file(sandbox.join("sub/fill")).unwrap();
-    assert_eq!(iso.check("q1").unwrap(), None, "room again after deleting");
+    // xfs frees a deleted file's blocks in the background (inode gc): sync and wait for it
+    // (30 s is a bound for a stuck kernel, not a timing expectation).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sync_fs(&fs.mnt);
+        let found = iso.check("q1").unwrap();
+        if found.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after deleting: {found:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // 3. A restarted agent that knows q1 keeps it; one that does not releases it.
     let iso = DiskIsolator::new(options()).unwrap();
@@ -390,7 +483,7 @@ fn quota_mode_on_a_loop_mounted_ext4_with_project_quota() {
     iso.prepare(&spec("q2", &sandbox, MIB)).unwrap();
     let project = iso.project_id("q2").unwrap();
     let (_, err) = fill_as_workload(&sandbox.join("fill"), 2 * MIB);
-    assert!(err.is_some_and(|e| e.contains("Disk quota exceeded")));
+    assert!(err.is_some_and(|e| e.contains(fstype.quota_error())));
     iso.cleanup("q2").unwrap();
     assert_eq!(
         kernel_quota(&fs.mnt, project),

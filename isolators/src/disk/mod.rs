@@ -8,8 +8,9 @@
 //!   no tracked container holds and that has neither usage nor a limit on the filesystem, sets it
 //!   (with `FS_XFLAG_PROJINHERIT` on directories) on the sandbox and everything already in it, and
 //!   sets the project's hard block limit to the container's limit (rounded up to 1 KiB). The
-//!   kernel then refuses writes past the limit with `EDQUOT` ("Disk quota exceeded"); usage comes
-//!   from `Q_GETQUOTA`, which is cheap, so it is read on every call.
+//!   kernel then refuses writes past the limit with `EDQUOT` ("Disk quota exceeded"; xfs says
+//!   `ENOSPC` for project quotas); usage comes from `Q_GETQUOTA`, which is cheap, so it is read on
+//!   every call.
 //! - **Accounting** ([`DiskMode::Accounting`]) everywhere else: the sandbox is walked like
 //!   `du -sx` ([`disk_usage`]) at most once per [`DiskOptions::check_interval`] (the result is
 //!   cached between walks), and [`Isolator::check`] reports a [`Limitation::Disk`] once usage is
@@ -273,7 +274,7 @@ fn over_limit_message(used: u64, limit: u64, sandbox: &Path) -> String {
 /// The message of a quota-mode limitation.
 fn quota_reached_message(used: u64, limit: u64, sandbox: &Path) -> String {
     format!(
-        "disk usage {} reached the {} quota of the sandbox {} (writes fail with EDQUOT)",
+        "disk usage {} reached the {} quota of the sandbox {} (writes fail: disk quota exceeded)",
         human_bytes(used),
         human_bytes(limit),
         sandbox.display()

@@ -169,7 +169,7 @@ fn limitation_messages_name_usage_limit_and_sandbox() {
     );
     assert_eq!(
         quota_reached_message(1 << 20, 1 << 20, Path::new("/s")),
-        "disk usage 1 MiB reached the 1 MiB quota of the sandbox /s (writes fail with EDQUOT)"
+        "disk usage 1 MiB reached the 1 MiB quota of the sandbox /s (writes fail: disk quota exceeded)"
     );
 }
 
