@@ -16,12 +16,15 @@
 //! - [`security`]: capabilities ([`security::CapabilitiesIsolator`]), seccomp
 //!   ([`security::SeccompIsolator`]) and rlimits ([`security::RlimitsIsolator`]); they only
 //!   compute the shim's [`SecurityPlan`], which the shim applies right before `execve`.
+//! - [`disk::DiskIsolator`]: a per-sandbox disk limit, by project quota where the filesystem
+//!   supports it and by periodic usage accounting elsewhere (Mesos `posix/disk` and `xfs/disk`).
 //!
 //! Every filesystem-backed API takes its root path (`/sys/fs/cgroup`, `/proc`), so the logic is
 //! unit-tested against fixture trees; the privileged tests then run it for real.
 #![warn(missing_docs)]
 
 pub mod cgroups;
+pub mod disk;
 pub mod namespaces;
 pub mod security;
 
