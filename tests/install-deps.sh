@@ -22,7 +22,8 @@ PKGS=(
   crun runc         # reference OCI runtimes (benchmarks compare)
   hyperfine         # benchmarks
   cpio gzip xz-utils kmod # building the initramfs (modules may be .ko.xz)
-  util-linux        # nsenter, unshare, mount
+  util-linux        # nsenter, unshare, mount, losetup
+  e2fsprogs xfsprogs # mkfs.ext4 / mkfs.xfs for the disk quota tests (loop devices)
   jq python3                # JSON in scripts
   curl              # poking the agent's HTTP API by hand / in scripts
   ca-certificates

@@ -11,6 +11,7 @@ use std::{
 use berth_isolators::{
     Isolator,
     cgroups::CgroupsIsolator,
+    disk::{DiskIsolator, DiskOptions},
     namespaces::NamespacesIsolator,
     security::{CapabilitiesIsolator, RlimitsIsolator, SeccompIsolator},
 };
@@ -170,7 +171,12 @@ pub fn build_isolators(
             }
             IsolatorKind::Seccomp => isolators.push(Arc::new(SeccompIsolator::new())),
             IsolatorKind::Rlimits => isolators.push(Arc::new(RlimitsIsolator::new())),
-            IsolatorKind::Disk => {}
+            IsolatorKind::Disk => {
+                let mut options = DiskOptions::new(paths.work_dir.join("meta").join("disk"));
+                options.check_interval = flags.container_disk_watch_interval;
+                options.enforce = flags.enforce_container_disk_quota;
+                isolators.push(Arc::new(DiskIsolator::new(options)?));
+            }
         }
     }
     Ok(isolators)
