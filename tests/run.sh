@@ -148,7 +148,7 @@ record build ok
 
 # ---- 4. host tests (cgroup v1 hybrid here) ----------------------------------------------------
 # The disk quota tests need a kernel with quota formats (QFMT_V2 / XFS_QUOTA), which this host's
-# kernel lacks: they run in the microVM phase (Debian kernel) instead, never nowhere.
+# kernel lacks: they run in the microVM phase (Debian kernel) instead, so they are never skipped.
 say "host: cargo nextest run --workspace --no-fail-fast (quota_mode_on_* run in the VM phase)"
 cargo nextest run --workspace --no-fail-fast \
   --tool-config-file "berth-tests:$REPO/tests/nextest.toml" \
