@@ -11,15 +11,22 @@
 //! Isolators in this crate:
 //! - [`cgroups::CgroupsIsolator`]: cpu, memory and pids limits on cgroup v2 with a v1 fallback,
 //!   nested under the agent's own cgroup in every hierarchy.
-//! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc and (unless host
-//!   networking) net namespaces.
+//! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc, cgroup and (unless
+//!   host networking) net namespaces.
+//! - [`filesystem::FilesystemIsolator`]: the container's own root filesystem (read-only host
+//!   root, new /proc with masked paths, minimal /dev, private /tmp, hidden agent directories,
+//!   the sandbox at `/mnt/mesos/sandbox`, volumes resolved without symlink escapes).
+//! - [`userns::UserNamespaceIsolator`]: with `user_namespace`, a user namespace mapping the
+//!   container's root to an unprivileged host range (`/etc/subuid`-style).
 //!
 //! Every filesystem-backed API takes its root path (`/sys/fs/cgroup`, `/proc`), so the logic is
 //! unit-tested against fixture trees; the privileged tests then run it for real.
 #![warn(missing_docs)]
 
 pub mod cgroups;
+pub mod filesystem;
 pub mod namespaces;
+pub mod userns;
 
 use std::path::PathBuf;
 
