@@ -704,3 +704,90 @@ async fn a_missing_bind_source_is_a_launch_error_naming_it() {
     assert_eq!(c.stdout(), "");
     c.assert_no_host_mounts();
 }
+
+/// A minimal image: a static busybox with a few applet links, and `/hello`.
+fn busybox_image(dir: &Path) -> Option<()> {
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())?;
+    for d in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "id", "grep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("hello"), "from the image\n").unwrap();
+    Some(())
+}
+
+/// A plan for an image root: /proc, /tmp, /dev with null, the sandbox; no masks.
+fn image_plan(c: &Case, source: RootfsSource) -> FilesystemPlan {
+    let mut plan = c.plan(false);
+    plan.source = source;
+    plan.readonly = false;
+    plan.mounts
+        .retain(|m| ["/proc", "/tmp", "/run", SANDBOX_IN].contains(&m.destination.as_str()));
+    plan.devices.truncate(1);
+    plan
+}
+
+#[tokio::test]
+async fn directory_and_overlay_roots() {
+    if !require_root() {
+        return;
+    }
+    let c = Case::new("image");
+    let img = c.dir.join("img");
+    if busybox_image(&img).is_none() {
+        if std::env::var("BERTH_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no static busybox for a test image; BERTH_TEST_ALLOW_SKIP=1");
+            return;
+        }
+        panic!("needs a static busybox (/usr/bin/busybox) to build a test image");
+    }
+    let script = "cat /hello; echo w > /written && echo write:ok; \
+         echo bin:$(ls /bin | grep -c busybox); ls /usr 2>/dev/null | grep -c . ; true";
+    let env_path = |mut cfg: ShimConfig| {
+        cfg.env = vec![("PATH".into(), "/bin".into())];
+        cfg
+    };
+
+    // The directory itself, writable.
+    let plan = image_plan(&c, RootfsSource::Directory { path: img.clone() });
+    let out = c
+        .run_ok(&env_path(c.config(script, ALL_NS, Some(plan))))
+        .await;
+    assert!(out.starts_with("from the image\n"), "{out}");
+    assert_eq!(field(&out, "write"), "ok");
+    assert_eq!(field(&out, "bin"), "1", "{out}");
+    assert_eq!(std::fs::read_to_string(img.join("written")).unwrap(), "w\n");
+    std::fs::remove_file(img.join("written")).unwrap();
+    c.assert_no_host_mounts();
+
+    // An overlay of it: writes go to the upper layer, the image is untouched.
+    std::fs::remove_file(c.sandbox.join("stdout")).unwrap();
+    let (upper, work) = (c.dir.join("upper"), c.dir.join("ovl-work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let plan = image_plan(
+        &c,
+        RootfsSource::Overlay {
+            lower: vec![img.clone()],
+            upper: upper.clone(),
+            work,
+        },
+    );
+    let out = c
+        .run_ok(&env_path(c.config(script, ALL_NS, Some(plan))))
+        .await;
+    assert!(out.starts_with("from the image\n"), "{out}");
+    assert_eq!(field(&out, "write"), "ok");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "w\n"
+    );
+    assert!(!img.join("written").exists());
+    c.assert_no_host_mounts();
+}

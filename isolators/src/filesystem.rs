@@ -216,6 +216,16 @@ impl FilesystemIsolator {
             Some(Path::new("tmpfs")),
             &["nosuid", "nodev", "mode=755"],
         ));
+        // /etc/resolv.conf is often a symlink into /run (systemd-resolved, NetworkManager),
+        // which the container gets as an empty tmpfs: carry the file it points to over.
+        if let Some((target, source)) = self.host_file_in_run(Path::new("/etc/resolv.conf")) {
+            mounts.push(mount(
+                &target,
+                "bind",
+                Some(&source),
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+        }
         for h in &self.paths.hidden {
             mounts.push(mount(
                 h.to_str().expect("checked in new"),
@@ -249,6 +259,20 @@ impl FilesystemIsolator {
             masked_paths: MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
             readonly_paths: READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    /// Where `path` of the host's root really is, when that is under `/run`: (path in the
+    /// container, host path). Looked up inside `host_root`.
+    fn host_file_in_run(&self, path: &Path) -> Option<(String, PathBuf)> {
+        let root = resolve::open_root(&self.paths.host_root).ok()?;
+        let base = resolve::fd_path(root.as_fd()).ok()?;
+        let fd = resolve::open_in_root(root.as_fd(), path, Create::Nothing).ok()?;
+        let real = resolve::fd_path(fd.as_fd()).ok()?;
+        let inside = Path::new("/").join(real.strip_prefix(&base).ok()?);
+        if !inside.starts_with("/run") || inside == Path::new("/run") || !real.is_file() {
+            return None;
+        }
+        Some((inside.to_str()?.to_string(), real))
     }
 
     /// Checks volume `i` of `spec`: returns its host source (canonical) and container path.

@@ -287,3 +287,40 @@ fn prepare_creates_the_root_and_mount_points_and_cleanup_removes_it() {
         serde_json::json!(rootfs.to_str().unwrap())
     );
 }
+
+#[test]
+fn resolv_conf_pointing_into_run_is_carried_over() {
+    let f = fixture();
+    let host = f.base.join("host");
+    // A regular file: nothing to do.
+    std::fs::create_dir_all(host.join("etc")).unwrap();
+    std::fs::write(host.join("etc/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+    let plan = f.iso.plan(&f.spec(Default::default())).unwrap();
+    assert!(!dests(&plan).iter().any(|d| d.contains("resolv")));
+    // systemd-resolved style: an absolute symlink into /run.
+    std::fs::remove_file(host.join("etc/resolv.conf")).unwrap();
+    std::fs::create_dir_all(host.join("run/systemd/resolve")).unwrap();
+    std::fs::write(host.join("run/systemd/resolve/stub-resolv.conf"), "x").unwrap();
+    symlink(
+        "/run/systemd/resolve/stub-resolv.conf",
+        host.join("etc/resolv.conf"),
+    )
+    .unwrap();
+    let plan = f.iso.plan(&f.spec(Default::default())).unwrap();
+    let m = plan
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/run/systemd/resolve/stub-resolv.conf")
+        .expect("resolv.conf target mounted");
+    assert_eq!(
+        m.source.as_deref(),
+        Some(host.join("run/systemd/resolve/stub-resolv.conf").as_path())
+    );
+    assert!(m.options.contains(&"ro".to_string()));
+    // After the /run tmpfs.
+    let d = dests(&plan);
+    let run = d.iter().position(|x| *x == "/run").unwrap();
+    let resolv = d.iter().position(|x| x.contains("resolv")).unwrap();
+    assert!(run < resolv);
+    berth_executor::shim::rootfs::PreparedFs::from_plan(&plan).unwrap();
+}
