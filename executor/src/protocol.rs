@@ -71,7 +71,8 @@ pub struct IdMapRange {
 pub struct IdMaps {
     /// Lines of `uid_map`.
     pub uid_map: Vec<IdMapRange>,
-    /// Lines of `gid_map` (`setgroups` is denied before it is written).
+    /// Lines of `gid_map`. `setgroups` stays allowed (the shim writing the maps is
+    /// privileged): the init uses it to drop the host groups it inherited.
     pub gid_map: Vec<IdMapRange>,
 }
 

@@ -11,13 +11,18 @@
 //! Isolators in this crate:
 //! - [`cgroups::CgroupsIsolator`]: cpu, memory and pids limits on cgroup v2 with a v1 fallback,
 //!   nested under the agent's own cgroup in every hierarchy.
-//! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc and (unless host
-//!   networking) net namespaces.
 //! - [`security`]: capabilities ([`security::CapabilitiesIsolator`]), seccomp
 //!   ([`security::SeccompIsolator`]) and rlimits ([`security::RlimitsIsolator`]); they only
 //!   compute the shim's [`SecurityPlan`], which the shim applies right before `execve`.
 //! - [`disk::DiskIsolator`]: a per-sandbox disk limit, by project quota where the filesystem
 //!   supports it and by periodic usage accounting elsewhere (Mesos `posix/disk` and `xfs/disk`).
+//! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc, cgroup and (unless
+//!   host networking) net namespaces.
+//! - [`filesystem::FilesystemIsolator`]: the container's own root filesystem (read-only host
+//!   root, new /proc with masked paths, minimal /dev, private /tmp, hidden agent directories,
+//!   the sandbox at `/mnt/mesos/sandbox`, volumes resolved without symlink escapes).
+//! - [`userns::UserNamespaceIsolator`]: with `user_namespace`, a user namespace mapping the
+//!   container's root to an unprivileged host range (`/etc/subuid`-style).
 //!
 //! Every filesystem-backed API takes its root path (`/sys/fs/cgroup`, `/proc`), so the logic is
 //! unit-tested against fixture trees; the privileged tests then run it for real.
@@ -25,8 +30,10 @@
 
 pub mod cgroups;
 pub mod disk;
+pub mod filesystem;
 pub mod namespaces;
 pub mod security;
+pub mod userns;
 
 use std::path::PathBuf;
 

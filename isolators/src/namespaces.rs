@@ -1,5 +1,6 @@
-//! The namespaces isolator: every container gets new pid, mount, uts and ipc namespaces, and a new
-//! network namespace (loopback only) unless it asked for host networking.
+//! The namespaces isolator: every container gets new pid, mount, uts, ipc and cgroup namespaces,
+//! and a new network namespace (loopback only) unless it asked for host networking. (The user
+//! namespace is the [`crate::userns`] isolator's, as an option.)
 
 use crate::{
     ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace,
@@ -21,6 +22,9 @@ impl Isolator for NamespacesIsolator {
             Namespace::Mount,
             Namespace::Uts,
             Namespace::Ipc,
+            // The shim's init unshares it once it sits in the container's cgroups, so the
+            // container sees its own cgroup as the root.
+            Namespace::Cgroup,
         ];
         if spec.network == NetworkMode::None {
             namespaces.push(Namespace::Net);
@@ -87,6 +91,11 @@ mod tests {
     #[test]
     fn net_namespace_only_without_host_network() {
         let iso = NamespacesIsolator;
+        for mode in [NetworkMode::None, NetworkMode::Host] {
+            let ns = iso.prepare(&spec(mode)).unwrap().namespaces;
+            assert!(ns.contains(&Namespace::Cgroup) && ns.contains(&Namespace::Pid));
+            assert!(!ns.contains(&Namespace::User));
+        }
         assert!(
             iso.prepare(&spec(NetworkMode::None))
                 .unwrap()

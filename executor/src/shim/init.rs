@@ -21,9 +21,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use super::ShimError;
 use super::security::PreparedSecurity;
 use super::status::{Ended, encode_ended, encode_exec_error, encode_setup_error};
+use super::{ShimError, rootfs, userns};
 use crate::protocol::ShimConfig;
 
 /// `PATH` used to find `argv[0]` when the workload's environment has none.
@@ -55,6 +55,12 @@ pub struct Namespaces {
     pub ipc: bool,
     /// New network namespace (only loopback).
     pub net: bool,
+    /// New user namespace: the shim writes its id maps before releasing the init, which then
+    /// becomes root inside it.
+    pub user: bool,
+    /// New cgroup namespace. Not a `clone` flag: the init unshares it after the sync byte, see
+    /// [`Namespaces::clone_flags`].
+    pub cgroup: bool,
 }
 
 impl Namespaces {
@@ -68,15 +74,24 @@ impl Namespaces {
                 "uts" => ns.uts = true,
                 "ipc" => ns.ipc = true,
                 "net" | "network" => ns.net = true,
+                "user" => ns.user = true,
+                "cgroup" => ns.cgroup = true,
                 other => return Err(format!("unknown namespace {other:?}")),
             }
         }
         Ok(ns)
     }
 
-    /// The `clone` flags creating these namespaces.
+    /// The `clone` flags creating these namespaces. `CLONE_NEWUSER` comes with them, so the
+    /// others are owned by the new user namespace. `CLONE_NEWCGROUP` does not: a cgroup
+    /// namespace is rooted at the cgroup its creator is in *when it is created*, and the agent
+    /// attaches the init to the container's cgroups only after `clone` (while the init waits
+    /// for the sync byte). Created at clone time it would be rooted at the shim's cgroup and
+    /// the container would see `/../<container>` paths; so the init unshares it after the sync
+    /// byte instead, when it already sits in its own cgroups.
     pub fn clone_flags(self) -> CloneFlags {
         let mut f = CloneFlags::empty();
+        f.set(CloneFlags::CLONE_NEWUSER, self.user);
         f.set(CloneFlags::CLONE_NEWPID, self.pid);
         f.set(CloneFlags::CLONE_NEWNS, self.mount);
         f.set(CloneFlags::CLONE_NEWUTS, self.uts);
@@ -136,6 +151,8 @@ pub struct InitSpec {
     pub candidates: Vec<CString>,
     /// Privilege restrictions applied right before `execve` (see [`super::security`]).
     pub security: PreparedSecurity,
+    /// The container's root filesystem, assembled in the init's mount namespace.
+    pub rootfs: Option<rootfs::PreparedFs>,
 }
 
 impl InitSpec {
@@ -178,6 +195,33 @@ impl InitSpec {
         }
         let security = PreparedSecurity::prepare(&cfg.security)
             .map_err(|e| ShimError::InvalidConfig(format!("security plan: {e}")))?;
+        let rootfs = cfg
+            .filesystem
+            .as_ref()
+            .map(|plan| {
+                rootfs::PreparedFs::from_plan(plan)
+                    .map_err(|e| ShimError::InvalidConfig(format!("filesystem: {e}")))
+            })
+            .transpose()?;
+        if rootfs.is_some() && !ns.mount {
+            return Err(ShimError::InvalidConfig(
+                "a filesystem plan needs a \"mount\" namespace".into(),
+            ));
+        }
+        match (&cfg.id_maps, ns.user) {
+            (Some(maps), true) => userns::validate(maps).map_err(ShimError::InvalidConfig)?,
+            (None, false) => {}
+            (None, true) => {
+                return Err(ShimError::InvalidConfig(
+                    "a \"user\" namespace needs id_maps".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(ShimError::InvalidConfig(
+                    "id_maps given without a \"user\" namespace".into(),
+                ));
+            }
+        }
         Ok(InitSpec {
             ns,
             hostname: cfg.hostname.clone(),
@@ -186,6 +230,7 @@ impl InitSpec {
             envp,
             candidates,
             security,
+            rootfs,
         })
     }
 }
@@ -387,24 +432,42 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
 /// Namespace-specific preparation, cwd. Returns a message for `launch_error` on failure.
 fn setup_container(spec: &InitSpec) -> Result<(), String> {
     let ns = spec.ns;
+    // a. User namespace: the shim wrote our id maps before sending the sync byte. Become its
+    //    root, dropping the supplementary groups inherited from the shim first (they are host
+    //    groups, gid 0 among them, and would keep their access to host files).
+    if ns.user {
+        become_userns_root()?;
+    }
+    // b. Cgroup namespace: unshared only now, after the agent attached us to the container's
+    //    cgroups (see `Namespaces::clone_flags`), so that the container sees its own cgroup
+    //    as the root.
+    if ns.cgroup {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
+    }
     if ns.mount {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|e| format!("make / private: {}", e.desc()))?;
-        if ns.pid {
+        if let Some(fs) = &spec.rootfs {
+            // c. The container's own root filesystem (mounts, /dev, pivot_root, masks).
+            fs.assemble()?;
+        } else {
             mount(
-                Some("proc"),
-                "/proc",
-                Some("proc"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                 None::<&str>,
             )
-            .map_err(|e| format!("mount /proc: {}", e.desc()))?;
+            .map_err(|e| format!("make / private: {}", e.desc()))?;
+            if ns.pid {
+                mount(
+                    Some("proc"),
+                    "/proc",
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("mount /proc: {}", e.desc()))?;
+            }
         }
     }
     if ns.uts
@@ -419,6 +482,23 @@ fn setup_container(spec: &InitSpec) -> Result<(), String> {
     if let Some(cwd) = &spec.cwd {
         nix::unistd::chdir(cwd.as_c_str())
             .map_err(|e| format!("chdir {}: {}", cwd.to_string_lossy(), e.desc()))?;
+    }
+    Ok(())
+}
+
+/// Root inside the new user namespace: no supplementary groups, gid 0, uid 0 (the mapped
+/// ones). The uid change clears the parent-death signal, so it is armed again.
+fn become_userns_root() -> Result<(), String> {
+    let shim = nix::unistd::getppid();
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups([]) in the user namespace: {e}"))?;
+    let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+    nix::unistd::setresgid(g, g, g)
+        .map_err(|e| format!("setresgid(0) in the user namespace: {e}"))?;
+    nix::unistd::setresuid(u, u, u)
+        .map_err(|e| format!("setresuid(0) in the user namespace: {e}"))?;
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != shim {
+        exit_now(127); // the shim died while the signal was unarmed
     }
     Ok(())
 }
@@ -565,7 +645,14 @@ mod tests {
             ns.clone_flags(),
             CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNET
         );
-        assert!(Namespaces::parse(&["user"]).is_err());
+        let ns = Namespaces::parse(&["user", "cgroup", "mount"]).unwrap();
+        assert!(ns.user && ns.cgroup && ns.mount);
+        // The cgroup namespace is unshared by the init after the sync byte, not cloned.
+        assert_eq!(
+            ns.clone_flags(),
+            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+        );
+        assert!(Namespaces::parse(&["time"]).is_err());
         assert_eq!(
             Namespaces::parse::<&str>(&[]).unwrap().clone_flags(),
             CloneFlags::empty()

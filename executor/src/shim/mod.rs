@@ -6,8 +6,10 @@
 
 pub mod event_loop;
 pub mod init;
+pub mod rootfs;
 pub mod security;
 pub mod status;
+pub mod userns;
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -268,6 +270,16 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
         let _ = waitpid(init_pid, None);
     };
+
+    // 4b. User namespace: write the init's uid/gid maps now, before anyone can release it
+    //     (it becomes root of the namespace right after the sync byte).
+    if let Some(maps) = &cfg.id_maps
+        && spec.ns.user
+        && let Err(e) = userns::write_id_maps(Path::new("/proc"), init_pid.as_raw(), maps)
+    {
+        kill_init(&e);
+        return Err(e);
+    }
 
     // (6, early) Bind the control socket before announcing readiness, so a client may connect
     // as soon as it has read ShimReady. Created after clone: the init never holds it.
