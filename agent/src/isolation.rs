@@ -12,8 +12,10 @@ use berth_isolators::{
     Isolator,
     cgroups::CgroupsIsolator,
     disk::{DiskIsolator, DiskOptions},
+    filesystem::{FilesystemIsolator, FilesystemPaths},
     namespaces::NamespacesIsolator,
     security::{CapabilitiesIsolator, RlimitsIsolator, SeccompIsolator},
+    userns::{IdRange, UserNamespaceIsolator},
 };
 use clap::Args;
 
@@ -127,7 +129,8 @@ pub struct IsolationFlags {
     /// Directory of seccomp profiles that tasks name in `linux_info.seccomp.profile_name`.
     #[arg(long)]
     pub seccomp_config_dir: Option<PathBuf>,
-    /// `/etc/subuid`-style file with the id range (user `berth`) for user namespaces.
+    /// `/etc/subuid`-style file with the id range (the `berth` line) for user namespaces;
+    /// without one, 100000:65536.
     #[arg(long, default_value = "/etc/subuid")]
     pub subuid_file: PathBuf,
     /// `/etc/subgid`-style file with the group id range for user namespaces.
@@ -158,14 +161,26 @@ pub fn build_isolators(
     cgroups: Arc<CgroupsIsolator>,
     paths: &IsolatorPaths,
 ) -> anyhow::Result<Vec<Arc<dyn Isolator>>> {
-    let _ = paths;
     let mut isolators: Vec<Arc<dyn Isolator>> = Vec::new();
     for kind in &flags.isolation.0 {
         match kind {
             IsolatorKind::Cgroups => isolators.push(cgroups.clone()),
             IsolatorKind::Namespaces => isolators.push(Arc::new(NamespacesIsolator)),
-            IsolatorKind::UserNamespace => {}
-            IsolatorKind::Filesystem => {}
+            IsolatorKind::UserNamespace => {
+                let range =
+                    IdRange::from_subid_files(&flags.subuid_file, &flags.subgid_file, "berth")?
+                        .unwrap_or(IdRange::DEFAULT);
+                isolators.push(Arc::new(UserNamespaceIsolator::new(
+                    range,
+                    paths.containers_runtime.clone(),
+                )?));
+            }
+            IsolatorKind::Filesystem => {
+                isolators.push(Arc::new(FilesystemIsolator::new(FilesystemPaths::new(
+                    vec![paths.work_dir.clone(), paths.runtime_dir.clone()],
+                    paths.containers_runtime.clone(),
+                ))?));
+            }
             IsolatorKind::Capabilities => {
                 isolators.push(Arc::new(CapabilitiesIsolator::new(Path::new("/proc"))))
             }

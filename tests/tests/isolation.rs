@@ -347,8 +347,14 @@ fn cgroup_volumes_rw_ro_and_symlinks_stay_inside() {
     }
     std::fs::write(ro.join("in"), "from-host\n").unwrap();
     std::fs::write(other.join("marker"), "other\n").unwrap();
-    // a symlink planted in a volume that points out of it (absolute, to the host's /etc)
-    std::os::unix::fs::symlink("/etc", rw.join("evil")).unwrap();
+    // Symlinks planted in a volume that point out of it: absolute to /tmp, and relative with
+    // more `..` than there are levels. Resolved inside the container's root, both reach the
+    // container's private /tmp; resolved naively on the host they would reach the host's /tmp.
+    std::os::unix::fs::symlink("/tmp", rw.join("evil")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../../../tmp", rw.join("evil2")).unwrap();
+    // and one to /etc: the read-only root refuses to grow a mount point there
+    std::os::unix::fs::symlink("/etc", rw.join("evil3")).unwrap();
+    let leak = format!("berth-mnt-{}", std::process::id());
     let vol = |host: &Path, container: &str| format!("{}:{container}", host.display());
     let o = sh(
         &agent,
@@ -358,11 +364,15 @@ fn cgroup_volumes_rw_ro_and_symlinks_stay_inside() {
             "-v",
             &format!("{}:/input:ro", ro.display()),
             "-v",
-            &vol(&other, "/data/evil/berth-mnt"),
+            &vol(&other, &format!("/data/evil/{leak}")),
+            "-v",
+            &vol(&other, &format!("/data/evil2/{leak}-2")),
         ],
-        "cat /input/in; echo out > /data/result && echo rw-ok; \
-         if echo x > /input/x 2>/dev/null; then echo RO-WRITABLE; fi; \
-         cat /etc/berth-mnt/marker 2>/dev/null || cat /data/evil/berth-mnt/marker",
+        &format!(
+            "cat /input/in; echo out > /data/result && echo rw-ok; \
+             if echo x > /input/x 2>/dev/null; then echo RO-WRITABLE; fi; \
+             cat /tmp/{leak}/marker /tmp/{leak}-2/marker"
+        ),
     );
     o.assert_code(0);
     assert!(o.stdout.contains("from-host"), "{o}");
