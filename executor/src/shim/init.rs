@@ -375,6 +375,16 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
         exit_now(127);
     }
 
+    // 4b. Drop privileges here, in the init, not only in the workload: the init is the
+    //     container's pid 1 and must hold no more than the workload (no capabilities outside
+    //     the task's set, no_new_privs, the seccomp filter). The workload inherits all of it
+    //     through fork and exec. The init only needs sigwait, waitpid, kill of its own child,
+    //     write and exit afterwards, which every profile allows.
+    if let Err(e) = spec.security.apply() {
+        report(status_w.as_fd(), &encode_setup_error(&e.to_string()));
+        exit_now(127);
+    }
+
     // 5. Own process group and session, so the shim can kill the whole tree without a pid ns.
     let _ = nix::unistd::setsid();
 
@@ -566,10 +576,8 @@ fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, init_pid: Pid) -> ! 
     };
     // Privilege restrictions: rlimits, no_new_privs, capabilities, user, and the seccomp filter
     // last, so nothing but the execve below (and reporting its failure) runs under it.
-    if let Err(e) = spec.security.apply() {
-        report(status_w, &encode_setup_error(&e.to_string()));
-        exit_now(127);
-    }
+    // The security plan (rlimits, capabilities, no_new_privs, seccomp) was applied by the init
+    // before the fork and is inherited.
     // The execvpe search: ENOENT/ENOTDIR → next candidate, EACCES → remembered, next; anything
     // else stops the search.
     let mut saw_eacces = false;
