@@ -1,0 +1,1 @@
+//! Fixture tests of the limits added for issue 5.
