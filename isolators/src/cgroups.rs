@@ -536,7 +536,10 @@ impl Isolator for CgroupsIsolator {
             Layout::V2(l) => l.limitation(id)?,
         };
         if let Some(Limitation::Memory { message }) = &limitation {
-            info!(container_id = id, message, "a process of the running container was OOM-killed");
+            info!(
+                container_id = id,
+                message, "a process of the running container was OOM-killed"
+            );
         }
         Ok(limitation)
     }

@@ -480,8 +480,10 @@ mod tests {
             DeviceRule::char(136, None, DeviceAccess::RW),
         ];
         let prog = assemble(&rules);
-        let raw: Vec<(u8, u8, i16, i32)> =
-            prog.iter().map(|i| (i.code, i.regs, i.off, i.imm)).collect();
+        let raw: Vec<(u8, u8, i16, i32)> = prog
+            .iter()
+            .map(|i| (i.code, i.regs, i.off, i.imm))
+            .collect();
         assert_eq!(
             raw,
             vec![
@@ -546,7 +548,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(interpret(&assemble(&[]), READ | CHAR, 1, 3), 0, "no rules: deny all");
+        assert_eq!(
+            interpret(&assemble(&[]), READ | CHAR, 1, 3),
+            0,
+            "no rules: deny all"
+        );
     }
 
     #[test]
@@ -584,7 +590,11 @@ mod tests {
         assert!(msg.contains("invalid bpf_context access"), "{msg}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
         assert!(
-            sys.calls.lock().unwrap().iter().all(|c| !c.starts_with("attach")),
+            sys.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|c| !c.starts_with("attach")),
             "nothing attached"
         );
     }

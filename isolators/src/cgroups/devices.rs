@@ -108,7 +108,8 @@ impl DeviceRule {
 
     /// The `rwm` rule for the device node at `path` (`stat(2)`, following symlinks).
     pub fn for_node(path: &Path) -> Result<DeviceRule, CgroupError> {
-        let invalid = |why: String| CgroupError::Invalid(format!("device {}: {why}", path.display()));
+        let invalid =
+            |why: String| CgroupError::Invalid(format!("device {}: {why}", path.display()));
         if !path.is_absolute() {
             return Err(invalid("not an absolute path".into()));
         }
@@ -131,7 +132,13 @@ impl DeviceRule {
 
     /// Whether the rule matches a device of `kind` (`Char` or `Block`), major and minor, for all
     /// of the access bits of `requested` (the kernel's semantics for both v1 and the eBPF filter).
-    pub fn allows(&self, kind: DeviceKind, major: u32, minor: u32, requested: DeviceAccess) -> bool {
+    pub fn allows(
+        &self,
+        kind: DeviceKind,
+        major: u32,
+        minor: u32,
+        requested: DeviceAccess,
+    ) -> bool {
         (self.kind == DeviceKind::All || self.kind == kind)
             && self.major.is_none_or(|m| m == major)
             && self.minor.is_none_or(|m| m == minor)
@@ -219,7 +226,11 @@ mod tests {
         let rule = DeviceRule::for_node(Path::new("/dev/null")).unwrap();
         assert_eq!(rule, DeviceRule::char(1, Some(3), DeviceAccess::RWM));
         let rules = rules_for(&[PathBuf::from("/dev/null")]).unwrap();
-        assert_eq!(rules, default_rules(), "a default device is not added twice");
+        assert_eq!(
+            rules,
+            default_rules(),
+            "a default device is not added twice"
+        );
         for bad in ["/etc/hostname", "/nonexistent-device", "dev/null"] {
             let err = DeviceRule::for_node(Path::new(bad)).unwrap_err();
             assert!(matches!(err, CgroupError::Invalid(_)), "{bad}: {err}");

@@ -20,10 +20,11 @@ pub(super) struct IoLimit {
 impl IoLimit {
     /// Resolves `max.device` ("MAJ:MIN", or the path of a block device node, via `stat(2)`).
     pub(super) fn resolve(max: &IoMax) -> Result<IoLimit, CgroupError> {
-        let invalid = |why: String| CgroupError::Invalid(format!("io_max device {:?}: {why}", max.device));
+        let invalid =
+            |why: String| CgroupError::Invalid(format!("io_max device {:?}: {why}", max.device));
         let (major, minor) = if max.device.starts_with('/') {
-            let meta = std::fs::metadata(&max.device)
-                .map_err(|e| invalid(format!("cannot stat: {e}")))?;
+            let meta =
+                std::fs::metadata(&max.device).map_err(|e| invalid(format!("cannot stat: {e}")))?;
             if !meta.file_type().is_block_device() {
                 return Err(invalid("not a block device node".into()));
             }
@@ -42,7 +43,9 @@ impl IoLimit {
             wiops: max.wiops,
         };
         if limit.fields().iter().any(|(_, v)| *v == Some(0)) {
-            return Err(invalid("a rate of 0 would block all io; leave it unset for no cap".into()));
+            return Err(invalid(
+                "a rate of 0 would block all io; leave it unset for no cap".into(),
+            ));
         }
         if limit.fields().iter().all(|(_, v)| v.is_none()) {
             return Err(invalid("no rate given (rbps, wbps, riops or wiops)".into()));
@@ -162,7 +165,10 @@ mod tests {
         let l = IoLimit::resolve(&m).unwrap();
         assert_eq!(l.v2_line(), "7:3 rbps=max wbps=1048576 riops=100 wiops=max");
         let v1 = l.v1_lines();
-        assert_eq!(v1[0], ("blkio.throttle.read_bps_device", "7:3 0".to_string()));
+        assert_eq!(
+            v1[0],
+            ("blkio.throttle.read_bps_device", "7:3 0".to_string())
+        );
         assert_eq!(
             v1[1],
             ("blkio.throttle.write_bps_device", "7:3 1048576".to_string())

@@ -200,7 +200,10 @@ mod tests {
             cpus: 0.5,
             ..limits()
         };
-        assert_eq!(Plan::new(&capped, &opts).unwrap().cpu_quota_us, Some(50_000));
+        assert_eq!(
+            Plan::new(&capped, &opts).unwrap().cpu_quota_us,
+            Some(50_000)
+        );
         assert_eq!(p.devices, devices::default_rules());
         assert!(!p.needs_io() && !p.needs_cpuset());
     }
@@ -209,31 +212,89 @@ mod tests {
     fn bad_values_are_named() {
         let opts = IsolationOptions::default();
         let cases: Vec<(Limits, &str)> = vec![
-            (Limits { cpus: 0.0, ..limits() }, "cpus"),
-            (Limits { cpus: f64::INFINITY, ..limits() }, "cpus"),
-            (Limits { mem_bytes: 0, ..limits() }, "memory"),
-            (Limits { mem_high_bytes: Some(0), ..limits() }, "memory.high"),
-            (Limits { cpuset_cpus: Some("0\n1".into()), ..limits() }, "cpuset_cpus"),
-            (Limits { cpuset_mems: Some(String::new()), ..limits() }, "cpuset_mems"),
-            (Limits { io_weight: Some(0), ..limits() }, "io_weight"),
-            (Limits { io_weight: Some(10_001), ..limits() }, "io_weight"),
             (
                 Limits {
-                    io_max: vec![IoMax { device: "/dev/null".into(), wbps: Some(1), ..Default::default() }],
+                    cpus: 0.0,
+                    ..limits()
+                },
+                "cpus",
+            ),
+            (
+                Limits {
+                    cpus: f64::INFINITY,
+                    ..limits()
+                },
+                "cpus",
+            ),
+            (
+                Limits {
+                    mem_bytes: 0,
+                    ..limits()
+                },
+                "memory",
+            ),
+            (
+                Limits {
+                    mem_high_bytes: Some(0),
+                    ..limits()
+                },
+                "memory.high",
+            ),
+            (
+                Limits {
+                    cpuset_cpus: Some("0\n1".into()),
+                    ..limits()
+                },
+                "cpuset_cpus",
+            ),
+            (
+                Limits {
+                    cpuset_mems: Some(String::new()),
+                    ..limits()
+                },
+                "cpuset_mems",
+            ),
+            (
+                Limits {
+                    io_weight: Some(0),
+                    ..limits()
+                },
+                "io_weight",
+            ),
+            (
+                Limits {
+                    io_weight: Some(10_001),
+                    ..limits()
+                },
+                "io_weight",
+            ),
+            (
+                Limits {
+                    io_max: vec![IoMax {
+                        device: "/dev/null".into(),
+                        wbps: Some(1),
+                        ..Default::default()
+                    }],
                     ..limits()
                 },
                 "/dev/null",
             ),
             (
                 Limits {
-                    hugetlb: vec![HugetlbLimit { page_size: "../x".into(), limit_bytes: 1 }],
+                    hugetlb: vec![HugetlbLimit {
+                        page_size: "../x".into(),
+                        limit_bytes: 1,
+                    }],
                     ..limits()
                 },
                 "../x",
             ),
             (
                 Limits {
-                    hugetlb: vec![HugetlbLimit { page_size: "2M".into(), limit_bytes: 1 }],
+                    hugetlb: vec![HugetlbLimit {
+                        page_size: "2M".into(),
+                        limit_bytes: 1,
+                    }],
                     ..limits()
                 },
                 "2M",
@@ -250,8 +311,20 @@ mod tests {
         let err = Plan::new(&limits(), &bad_device).unwrap_err();
         assert!(matches!(err, CgroupError::Invalid(_)), "{err}");
         assert!(check_page_size("1GB").is_ok() && check_page_size("64KB").is_ok());
-        assert!(check_update(&LimitsUpdate { cpus: Some(-1.0), ..Default::default() }).is_err());
-        assert!(check_update(&LimitsUpdate { mem_bytes: Some(1), ..Default::default() }).is_ok());
+        assert!(
+            check_update(&LimitsUpdate {
+                cpus: Some(-1.0),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            check_update(&LimitsUpdate {
+                mem_bytes: Some(1),
+                ..Default::default()
+            })
+            .is_ok()
+        );
     }
 
     #[test]

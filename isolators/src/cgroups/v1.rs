@@ -86,7 +86,11 @@ impl V1 {
             if Some(idx) == cpuset {
                 // A new cpuset cgroup has no cpus and mems: no task could join it.
                 inherit_cpuset(base, None, None)?;
-                inherit_cpuset(&dir, plan.cpuset_cpus.as_deref(), plan.cpuset_mems.as_deref())?;
+                inherit_cpuset(
+                    &dir,
+                    plan.cpuset_cpus.as_deref(),
+                    plan.cpuset_mems.as_deref(),
+                )?;
             }
         }
         if plan.needs_cpuset() {
@@ -94,8 +98,13 @@ impl V1 {
         }
 
         let cpu = self.need("cpu", id)?;
-        fs::write(&cpu.join("cpu.cfs_period_us"), &values::CPU_PERIOD_US.to_string())?;
-        let quota = plan.cpu_quota_us.map_or("-1".to_string(), |q| q.to_string());
+        fs::write(
+            &cpu.join("cpu.cfs_period_us"),
+            &values::CPU_PERIOD_US.to_string(),
+        )?;
+        let quota = plan
+            .cpu_quota_us
+            .map_or("-1".to_string(), |q| q.to_string());
         fs::write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
         fs::write(&cpu.join("cpu.shares"), &plan.cpu_shares.to_string())?;
 
@@ -243,7 +252,10 @@ impl V1 {
     pub(super) fn update(&self, id: &str, update: &LimitsUpdate) -> Result<(), CgroupError> {
         if let Some(cpus) = update.cpus {
             let cpu = self.need("cpu", id)?;
-            fs::write(&cpu.join("cpu.shares"), &values::cpu_shares(cpus).to_string())?;
+            fs::write(
+                &cpu.join("cpu.shares"),
+                &values::cpu_shares(cpus).to_string(),
+            )?;
             let quota = cpu.join("cpu.cfs_quota_us");
             if fs::read(&quota)?.trim() != "-1" {
                 fs::write(&quota, &values::cpu_quota_us(cpus).to_string())?;

@@ -127,7 +127,9 @@ impl V2 {
         fs::mkdir(&dir)?;
 
         fs::write(&dir.join("cpu.weight"), &plan.cpu_weight.to_string())?;
-        let quota = plan.cpu_quota_us.map_or("max".to_string(), |q| q.to_string());
+        let quota = plan
+            .cpu_quota_us
+            .map_or("max".to_string(), |q| q.to_string());
         fs::write(
             &dir.join("cpu.max"),
             &format!("{quota} {}", values::CPU_PERIOD_US),
@@ -234,7 +236,10 @@ impl V2 {
     pub(super) fn update(&self, id: &str, update: &LimitsUpdate) -> Result<(), CgroupError> {
         let dir = self.dir(id);
         if let Some(cpus) = update.cpus {
-            fs::write(&dir.join("cpu.weight"), &values::cpu_weight(cpus).to_string())?;
+            fs::write(
+                &dir.join("cpu.weight"),
+                &values::cpu_weight(cpus).to_string(),
+            )?;
             let max = dir.join("cpu.max");
             if !fs::read(&max)?.trim_start().starts_with("max") {
                 let value = format!("{} {}", values::cpu_quota_us(cpus), values::CPU_PERIOD_US);
