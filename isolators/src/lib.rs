@@ -9,8 +9,9 @@
 //! belongs to no known container.
 //!
 //! Isolators in this crate:
-//! - [`cgroups::CgroupsIsolator`]: cpu, memory and pids limits on cgroup v2 with a v1 fallback,
-//!   nested under the agent's own cgroup in every hierarchy.
+//! - [`cgroups::CgroupsIsolator`]: cpu, memory, pids, io, cpuset and hugetlb limits and a device
+//!   allow-list on cgroup v2 with a v1 fallback, nested under the agent's own cgroup in every
+//!   hierarchy; usage, live update, and OOM kills reported while the container runs.
 //! - [`namespaces::NamespacesIsolator`]: asks for new pid, mount, uts, ipc and (unless host
 //!   networking) net namespaces.
 //!

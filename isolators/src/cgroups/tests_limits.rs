@@ -422,3 +422,46 @@ fn kill_gives_up_after_the_timeout_naming_cgroup_and_pids() {
     iso.cleanup("c1").unwrap();
     assert!(!dir.exists());
 }
+
+#[test]
+fn v2_optional_io_is_skipped_when_the_own_cgroup_is_busy() {
+    // A delegated agent cgroup that already enables what berth needs, but not io, and holds the
+    // agent: nothing to refuse, io just stays off.
+    let fx = V2Fixture::new("/agent");
+    put(&fx.own.join("cgroup.procs"), "4242\n");
+    put(&fx.own.join("cgroup.subtree_control"), "cpu memory pids\n");
+    fx.kernel_files("c1");
+    fx.iso()
+        .unwrap()
+        .prepare(&spec("c1", 1.0, 1 << 20, None))
+        .unwrap();
+    assert_eq!(
+        get(&fx.own.join("cgroup.subtree_control")),
+        "cpu memory pids\n"
+    );
+    // The base offers no io (its parent did not enable it): not asked for there either.
+    put(
+        &fx.own.join("berth/cgroup.controllers"),
+        "cpu memory pids\n",
+    );
+    put(&fx.own.join("berth/cgroup.subtree_control"), "");
+    fx.iso()
+        .unwrap()
+        .prepare(&spec("c1", 1.0, 1 << 20, None))
+        .unwrap();
+    assert_eq!(
+        get(&fx.own.join("berth/cgroup.subtree_control")),
+        "+cpu +memory +pids"
+    );
+    // Asked for, io is required: the busy own cgroup is then explained.
+    let mut s = spec("c1", 1.0, 1 << 20, None);
+    s.limits.io_weight = Some(100);
+    let err = fx.iso().unwrap().prepare(&s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IsolatorError::Cgroup(CgroupError::InternalProcess { .. })
+        ),
+        "{err}"
+    );
+}

@@ -329,9 +329,9 @@ fn inherit_cpuset(dir: &Path, cpus: Option<&str>, mems: Option<&str>) -> Result<
 }
 
 /// Sets `memory.limit_in_bytes` and, when the kernel accounts swap, `memory.memsw.limit_in_bytes`
-/// = limit + swap (`swap` `None` keeps the current allowance, memsw - limit). memsw must stay
-/// >= the limit at every step: raising writes memsw first, lowering the limit first. `EBUSY`
-/// (usage cannot be reclaimed below a lower limit) becomes [`CgroupError::MemoryBusy`].
+/// to limit + swap (`swap` `None` keeps the current allowance, memsw - limit). memsw must never
+/// be below the limit: raising writes memsw first, lowering the limit first. `EBUSY` (usage
+/// cannot be reclaimed below a lower limit) becomes [`CgroupError::MemoryBusy`].
 fn write_memory(dir: &Path, limit: u64, swap: Option<u64>) -> Result<(), CgroupError> {
     let limit_file = dir.join("memory.limit_in_bytes");
     let memsw_file = dir.join("memory.memsw.limit_in_bytes");

@@ -45,47 +45,73 @@ impl V2 {
         self.base.join(id)
     }
 
-    /// Enables `wanted` in `cgroup/cgroup.subtree_control` where not yet enabled.
+    /// Enables `required` and, where `cgroup` offers them, `optional` controllers in
+    /// `cgroup/cgroup.subtree_control` where not yet enabled. Only a missing required controller
+    /// is an error; optional ones are skipped when they cannot be enabled (e.g. the agent's own
+    /// cgroup holds processes).
     fn enable_controllers(
         &self,
         cgroup: &Path,
-        wanted: &[&'static str],
+        required: &[&'static str],
+        optional: &[&'static str],
         check_procs: bool,
     ) -> Result<(), CgroupError> {
         let control = cgroup.join("cgroup.subtree_control");
         let enabled = fs::controllers(&control)?;
-        let missing: Vec<&str> = wanted
+        let offered = fs::read_opt(&cgroup.join("cgroup.controllers"))?;
+        let offers = |c: &str| {
+            offered
+                .as_deref()
+                .is_none_or(|o| o.split_whitespace().any(|a| a == c))
+        };
+        let is_missing = |c: &&'static str| !enabled.iter().any(|e| e == c);
+        let missing_required: Vec<&str> = required.iter().copied().filter(is_missing).collect();
+        let missing_optional: Vec<&str> = optional
             .iter()
             .copied()
-            .filter(|c| !enabled.iter().any(|e| e == c))
+            .filter(is_missing)
+            .filter(|c| offers(c))
             .collect();
-        if missing.is_empty() {
+        if missing_required.is_empty() && missing_optional.is_empty() {
             return Ok(());
         }
         let internal = || CgroupError::InternalProcess {
             path: cgroup.to_path_buf(),
         };
         if check_procs && !fs::procs(cgroup)?.is_empty() {
+            if missing_required.is_empty() {
+                debug!(path = %cgroup.display(), ?missing_optional, "holds processes: optional controllers left off");
+                return Ok(());
+            }
             return Err(internal());
         }
-        let value = missing
+        let value = missing_required
             .iter()
+            .chain(&missing_optional)
             .map(|c| format!("+{c}"))
             .collect::<Vec<_>>()
             .join(" ");
         match fs::write(&control, &value) {
+            Ok(()) => Ok(()),
+            Err(e) if missing_required.is_empty() => {
+                warn!(path = %cgroup.display(), error = %e, "optional controllers not enabled");
+                Ok(())
+            }
             Err(CgroupError::Write { source, .. })
                 if source.raw_os_error() == Some(libc::EBUSY) =>
             {
                 Err(internal())
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
-    /// The controllers to enable for a container with `plan`; a required one that the agent's
-    /// own cgroup does not offer is an error.
-    fn controllers_for(&self, plan: &Plan) -> Result<Vec<&'static str>, CgroupError> {
+    /// The controllers a container with `plan` needs, and those it gets when offered (io, for
+    /// the byte counters); a needed one that the agent's own cgroup does not offer is an error.
+    fn controllers_for(
+        &self,
+        plan: &Plan,
+    ) -> Result<(Vec<&'static str>, Vec<&'static str>), CgroupError> {
         let available_at = self.own.join("cgroup.controllers");
         let available = fs::controllers(&available_at)?;
         let has = |c: &str| available.iter().any(|a| a == c);
@@ -105,10 +131,12 @@ impl V2 {
                 path: available_at,
             });
         }
-        if !required.contains(&"io") && has("io") {
-            required.push("io");
-        }
-        Ok(required)
+        let optional = if required.contains(&"io") {
+            vec![]
+        } else {
+            vec!["io"]
+        };
+        Ok((required, optional))
     }
 
     /// Creates `<base>/<id>` (and `<base>`, enabling controllers on the way) with `plan`'s
@@ -119,10 +147,10 @@ impl V2 {
         plan: &Plan,
         bpf: &dyn BpfSys,
     ) -> Result<PathBuf, CgroupError> {
-        let controllers = self.controllers_for(plan)?;
-        self.enable_controllers(&self.own, &controllers, !self.own_is_root)?;
+        let (required, optional) = self.controllers_for(plan)?;
+        self.enable_controllers(&self.own, &required, &optional, !self.own_is_root)?;
         fs::mkdir(&self.base)?;
-        self.enable_controllers(&self.base, &controllers, true)?;
+        self.enable_controllers(&self.base, &required, &optional, true)?;
         let dir = self.dir(id);
         fs::mkdir(&dir)?;
 
