@@ -9,8 +9,9 @@
 //! belongs to no known container.
 //!
 //! Isolators in this crate:
-//! - [`cgroups::CgroupsIsolator`]: cpu, memory and pids limits on cgroup v2 with a v1 fallback,
-//!   nested under the agent's own cgroup in every hierarchy.
+//! - [`cgroups::CgroupsIsolator`]: cpu, memory, pids, io, cpuset and hugetlb limits and a device
+//!   allow-list on cgroup v2 with a v1 fallback, nested under the agent's own cgroup in every
+//!   hierarchy; usage, live update, and OOM kills reported while the container runs.
 //! - [`security`]: capabilities ([`security::CapabilitiesIsolator`]), seccomp
 //!   ([`security::SeccompIsolator`]) and rlimits ([`security::RlimitsIsolator`]); they only
 //!   compute the shim's [`SecurityPlan`], which the shim applies right before `execve`.

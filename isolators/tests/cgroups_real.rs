@@ -1,197 +1,31 @@
 //! Privileged tests of the cgroups isolator against the real kernel (v1, hybrid or v2).
 //!
 //! They need root and a cgroup hierarchy; without them they FAIL saying why, unless
-//! `BERTH_TEST_ALLOW_SKIP=1` is set. Each test uses its own base (`berth-t<pid>-<n>`) and container
-//! id (`berth-test-<pid>-<n>`) under the test process's own cgroup, and a Drop guard kills its
-//! children and removes every cgroup it made, on every path.
+//! `BERTH_TEST_ALLOW_SKIP=1` is set. With `BERTH_TEST_CGROUP=v1|v2` (the microVM phase sets v2)
+//! every test first asserts it really runs on that version. Each test uses its own base
+//! (`berth-t<pid>-<n>`) and container ids (`berth-test-<pid>-<n>`) under the test process's own
+//! cgroup, and a Drop guard thaws, kills and removes everything it made (cgroups, processes, loop
+//! devices, files), on every path.
+//!
+//! Modules: [`support`] (the guard and helpers), [`limits`] (cpu, memory, pids, usage, update,
+//! destruction), [`devices_io`] (device allow-list, eBPF filter, io limits).
 
-use std::io::Write;
+#[path = "cgroups_real/devices_io.rs"]
+mod devices_io;
+#[path = "cgroups_real/limits.rs"]
+mod limits;
+#[path = "cgroups_real/support.rs"]
+mod support;
+
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_isolators::cgroups::{CgroupError, CgroupVersion, CgroupsIsolator};
 use berth_isolators::{ContainerSpec, Isolator, IsolatorError, Limitation, Limits, NetworkMode};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Fails the test with `reason`, or returns (skip) when `BERTH_TEST_ALLOW_SKIP=1`.
-fn cannot_run(reason: &str) {
-    if std::env::var("BERTH_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (BERTH_TEST_ALLOW_SKIP=1): {reason}");
-        return;
-    }
-    panic!("privileged cgroup test cannot run: {reason} (set BERTH_TEST_ALLOW_SKIP=1 to skip)");
-}
-
-/// One test's isolator, container id and children; removes all of it on drop.
-struct Env {
-    iso: CgroupsIsolator,
-    base: String,
-    ids: Vec<String>,
-    children: Vec<Child>,
-    extra_dirs: Vec<PathBuf>,
-}
-
-impl Env {
-    fn new() -> Option<Env> {
-        if !nix::unistd::geteuid().is_root() {
-            cannot_run("not running as root");
-            return None;
-        }
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = format!("berth-t{}-{n}", std::process::id());
-        match CgroupsIsolator::new(
-            Path::new("/sys/fs/cgroup"),
-            Path::new("/proc/self/cgroup"),
-            &base,
-        ) {
-            Ok(iso) => Some(Env {
-                iso,
-                base,
-                ids: Vec::new(),
-                children: Vec::new(),
-                extra_dirs: vec![],
-            }),
-            Err(e) => {
-                cannot_run(&format!("no usable cgroup hierarchy: {e}"));
-                None
-            }
-        }
-    }
-
-    /// A fresh container id, registered for cleanup.
-    fn id(&mut self) -> String {
-        let id = format!(
-            "berth-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        self.ids.push(id.clone());
-        id
-    }
-
-    fn prepare(&mut self, cpus: f64, mem_bytes: u64, pids_max: Option<u64>) -> String {
-        let id = self.id();
-        let spec = ContainerSpec {
-            id: id.clone(),
-            limits: Limits {
-                cpus,
-                mem_bytes,
-                pids_max,
-                cpu_hard_cap: true,
-                ..Default::default()
-            },
-            network: NetworkMode::None,
-            hostname: id.clone(),
-            sandbox: std::path::PathBuf::from("/nonexistent"),
-            options: Default::default(),
-        };
-        self.iso.prepare(&spec).expect("prepare");
-        id
-    }
-
-    /// Spawns `sh -c script` blocked on a stdin line, moves it into `id`, then releases it: the
-    /// whole workload runs inside the container's cgroups from its first instruction.
-    fn spawn_in(&mut self, id: &str, script: &str) -> usize {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _go; {script}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sh");
-        self.iso.isolate(id, child.id() as i32).expect("isolate");
-        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    fn wait(&mut self, idx: usize, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.children[idx].try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "child did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Explicit end of a test: everything removed, and checked to be gone.
-    fn finish(mut self) {
-        self.teardown().expect("teardown");
-        for id in &self.ids {
-            for p in self.iso.container_paths(id) {
-                assert!(!p.exists(), "left behind: {}", p.display());
-            }
-        }
-        for b in self.iso.base_dirs() {
-            assert!(!b.exists(), "left behind: {}", b.display());
-        }
-        assert!(self.iso.list().unwrap().is_empty());
-    }
-
-    fn teardown(&mut self) -> Result<(), String> {
-        let mut errors = Vec::new();
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-        for id in std::mem::take(&mut self.ids) {
-            if let Err(e) = self.iso.cleanup(&id) {
-                errors.push(format!("cleanup {id}: {e}"));
-            }
-        }
-        for dir in self
-            .iso
-            .base_dirs()
-            .into_iter()
-            .chain(std::mem::take(&mut self.extra_dirs))
-        {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => errors.push(format!("rmdir {}: {e}", dir.display())),
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            eprintln!("cgroup test teardown ({}): {e}", self.base);
-        }
-    }
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-        .trim()
-        .to_string()
-}
-
-/// The container's directory serving `controller` (v1) or its only directory (v2).
-fn dir_for(env: &Env, id: &str, file: &str) -> PathBuf {
-    env.iso
-        .container_paths(id)
-        .into_iter()
-        .find(|p| p.join(file).exists())
-        .unwrap_or_else(|| panic!("no container dir has {file}"))
-}
+use support::{Env, dir_for, libc_sigkill, read};
 
 #[test]
 fn limits_membership_usage_kill_and_cleanup() {
@@ -208,7 +42,7 @@ fn limits_membership_usage_kill_and_cleanup() {
         CgroupVersion::V2 => {
             let d = &env.iso.container_paths(&id)[0];
             assert_eq!(read(&d.join("cpu.max")), "50000 100000");
-            assert_eq!(read(&d.join("cpu.weight")), "50");
+            assert_eq!(read(&d.join("cpu.weight")), "20");
             assert_eq!(read(&d.join("memory.max")), (64u64 << 20).to_string());
             assert_eq!(read(&d.join("pids.max")), "64");
             if d.join("memory.swap.max").exists() {
@@ -232,7 +66,7 @@ fn limits_membership_usage_kill_and_cleanup() {
 
     // A busy workload with a grandchild, inside the container.
     let busy = env.spawn_in(&id, "sleep 300 & while :; do :; done");
-    let pid = env.children[busy].id();
+    let pid = env.pid(busy);
     let membership = read(Path::new(&format!("/proc/{pid}/cgroup")));
     let suffix = format!("/{}/{id}", env.base);
     let wanted: &[&str] = match env.iso.version() {
@@ -290,10 +124,6 @@ fn limits_membership_usage_kill_and_cleanup() {
     }
     env.iso.cleanup(&id).expect("cleanup is idempotent");
     env.finish();
-}
-
-fn libc_sigkill() -> i32 {
-    nix::sys::signal::Signal::SIGKILL as i32
 }
 
 #[test]

@@ -160,5 +160,5 @@ pub(super) fn detect(
         roles.insert(controller, idx);
     }
     debug!(?own_dirs, "cgroup v1 detected");
-    Ok(Layout::V1(V1::new(own_dirs, &roles, base_name)))
+    Ok(Layout::V1(V1::new(root, own_dirs, &roles, base_name)))
 }

@@ -96,12 +96,13 @@ pub(super) fn subdirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
 
 /// Removes the cgroup `dir` and any cgroups nested in it (depth first), removing directories
 /// only: cgroupfs drops control files by itself. A missing `dir` is success. `EBUSY` (tasks still
-/// exiting) is retried with backoff (10 ms doubling, capped at 500 ms, ~2 s in all).
-pub(super) fn remove_cgroup(dir: &Path) -> Result<(), CgroupError> {
+/// exiting) is retried with backoff (10 ms doubling, capped at 500 ms) until `deadline`, but at
+/// least for one second.
+pub(super) fn remove_cgroup(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
     for child in subdirs(dir)? {
-        remove_cgroup(&dir.join(child))?;
+        remove_cgroup(&dir.join(child), deadline)?;
     }
-    let start = Instant::now();
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
     let mut delay = Duration::from_millis(10);
     let mut attempts = 0u32;
     loop {
@@ -113,7 +114,7 @@ pub(super) fn remove_cgroup(dir: &Path) -> Result<(), CgroupError> {
             }
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                if start.elapsed() >= Duration::from_secs(2) {
+                if Instant::now() >= deadline {
                     return Err(CgroupError::RemoveBusy {
                         path: dir.to_path_buf(),
                         attempts,
@@ -149,13 +150,21 @@ pub(super) fn procs(dir: &Path) -> Result<Vec<i32>, CgroupError> {
         .collect()
 }
 
-/// The union of the pids of `dirs`.
-pub(super) fn procs_of(dirs: &[PathBuf]) -> Result<BTreeSet<i32>, CgroupError> {
-    let mut all = BTreeSet::new();
-    for dir in dirs {
-        all.extend(procs(dir)?);
+/// The pids of every cgroup in the trees rooted at `dirs` (`cgroup.procs` lists only a cgroup's
+/// own members, so nested cgroups are walked), with the cgroups that hold them.
+pub(super) fn procs_tree(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<i32>)>, CgroupError> {
+    let mut found = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs.iter().rev().cloned().collect();
+    while let Some(dir) = stack.pop() {
+        let pids = procs(&dir)?;
+        if !pids.is_empty() {
+            found.push((dir.clone(), pids));
+        }
+        for child in subdirs(&dir)?.into_iter().rev() {
+            stack.push(dir.join(child));
+        }
     }
-    Ok(all)
+    Ok(found)
 }
 
 /// Sends SIGKILL to each pid. Pids `<= 0` (0 = not visible in our pid namespace) and our own pid
@@ -173,33 +182,48 @@ pub(super) fn kill_pids(pids: &BTreeSet<i32>) {
     }
 }
 
-/// Kills every process of a container's cgroups until all `dirs` are empty: `freeze(true)` before
+/// Kills every process in the trees rooted at `dirs` until they are empty: `freeze(true)` before
 /// each round's SIGKILLs and `freeze(false)` after, so nothing forks in between (and pids cannot be
-/// reused while frozen). Bounded: 50 rounds 20 ms apart, then [`CgroupError::KillTimeout`].
+/// reused while frozen). Rounds are 10 ms apart, doubling up to 200 ms, until `deadline`; then
+/// [`CgroupError::KillTimeout`] names a cgroup still holding processes (a nested one if any) and
+/// the pids (processes in uninterruptible sleep, or frozen by a freezer nested in the container,
+/// cannot die).
 pub(super) fn kill_until_empty(
     dirs: &[PathBuf],
     freeze: &dyn Fn(bool) -> Result<(), CgroupError>,
+    deadline: Instant,
 ) -> Result<(), CgroupError> {
-    const ROUNDS: u32 = 50;
-    for round in 0..ROUNDS {
-        let pids = procs_of(dirs)?;
-        if pids.is_empty() {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    let mut round = 0u32;
+    loop {
+        let held = procs_tree(dirs)?;
+        if held.is_empty() {
             return Ok(());
+        }
+        let pids: BTreeSet<i32> = held.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        if Instant::now() >= deadline {
+            // A nested cgroup (a freezer the workload made?) tells more than the container's.
+            let path = held
+                .iter()
+                .find(|(dir, _)| !dirs.contains(dir))
+                .or(held.first())
+                .map(|(dir, _)| dir.clone())
+                .unwrap_or_default();
+            return Err(CgroupError::KillTimeout {
+                path,
+                pids: pids.into_iter().collect(),
+                waited: start.elapsed(),
+            });
         }
         debug!(round, ?pids, "killing cgroup processes");
         freeze(true)?;
         kill_pids(&pids);
         freeze(false)?;
-        sleep(Duration::from_millis(20));
+        round += 1;
+        sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
+        delay = (delay * 2).min(Duration::from_millis(200));
     }
-    let pids = procs_of(dirs)?;
-    if pids.is_empty() {
-        return Ok(());
-    }
-    Err(CgroupError::KillTimeout {
-        path: dirs.first().cloned().unwrap_or_default(),
-        pids: pids.into_iter().collect(),
-    })
 }
 
 /// Polls `check` up to `tries` times, 5 ms apart; true once it holds.

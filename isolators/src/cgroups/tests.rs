@@ -3,22 +3,24 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tempfile::TempDir;
 
+use super::bpf::double::RecordingBpf;
 use super::*;
 use crate::{Limits, NetworkMode};
 
-fn put(path: &Path, content: &str) {
+pub(super) fn put(path: &Path, content: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, content).unwrap();
 }
 
-fn get(path: &Path) -> String {
+pub(super) fn get(path: &Path) -> String {
     fs::read_to_string(path).unwrap()
 }
 
-fn spec(id: &str, cpus: f64, mem: u64, pids: Option<u64>) -> ContainerSpec {
+pub(super) fn spec(id: &str, cpus: f64, mem: u64, pids: Option<u64>) -> ContainerSpec {
     ContainerSpec {
         id: id.into(),
         limits: Limits {
@@ -36,13 +38,14 @@ fn spec(id: &str, cpus: f64, mem: u64, pids: Option<u64>) -> ContainerSpec {
 }
 
 /// A pure v2 root; the agent's own cgroup is `own` ("/" = root).
-struct V2Fixture {
-    tmp: TempDir,
-    own: PathBuf,
+pub(super) struct V2Fixture {
+    pub(super) tmp: TempDir,
+    pub(super) own: PathBuf,
+    pub(super) bpf: Arc<RecordingBpf>,
 }
 
 impl V2Fixture {
-    fn new(own: &str) -> Self {
+    pub(super) fn new(own: &str) -> Self {
         let tmp = TempDir::new().unwrap();
         let root = tmp.path().join("cg");
         put(
@@ -55,19 +58,24 @@ impl V2Fixture {
         put(&own_dir.join("cgroup.controllers"), "cpu io memory pids\n");
         put(&own_dir.join("cgroup.subtree_control"), "");
         put(&tmp.path().join("self_cgroup"), &format!("0::{own}\n"));
-        V2Fixture { tmp, own: own_dir }
+        V2Fixture {
+            tmp,
+            own: own_dir,
+            bpf: Arc::default(),
+        }
     }
 
-    fn iso(&self) -> Result<CgroupsIsolator, CgroupError> {
-        CgroupsIsolator::new(
+    pub(super) fn iso(&self) -> Result<CgroupsIsolator, CgroupError> {
+        Ok(CgroupsIsolator::new(
             &self.tmp.path().join("cg"),
             &self.tmp.path().join("self_cgroup"),
             "berth",
-        )
+        )?
+        .with_bpf(self.bpf.clone()))
     }
 
     /// What the kernel would create at mkdir of the base and of a container.
-    fn kernel_files(&self, id: &str) -> PathBuf {
+    pub(super) fn kernel_files(&self, id: &str) -> PathBuf {
         let base = self.own.join("berth");
         put(&base.join("cgroup.subtree_control"), "");
         put(&base.join("cgroup.procs"), "");
@@ -76,6 +84,7 @@ impl V2Fixture {
             "cpu.max",
             "cpu.weight",
             "memory.max",
+            "memory.high",
             "memory.swap.max",
             "pids.max",
             "cgroup.procs",
@@ -87,7 +96,7 @@ impl V2Fixture {
 }
 
 /// A v1 root with separate hierarchies (like this host), optionally hybrid.
-fn v1_fixture(hybrid: bool) -> TempDir {
+pub(super) fn v1_fixture(hybrid: bool) -> TempDir {
     let tmp = TempDir::new().unwrap();
     let root = tmp.path().join("cg");
     for c in [
@@ -99,6 +108,8 @@ fn v1_fixture(hybrid: bool) -> TempDir {
     if hybrid {
         put(&root.join("unified/cgroup.controllers"), "");
     }
+    put(&root.join("cpuset/cpuset.cpus"), "0-3\n");
+    put(&root.join("cpuset/cpuset.mems"), "0\n");
     put(
         &tmp.path().join("self_cgroup"),
         "9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n5:devices:/\n\
@@ -107,7 +118,7 @@ fn v1_fixture(hybrid: bool) -> TempDir {
     tmp
 }
 
-fn v1_iso(tmp: &TempDir) -> Result<CgroupsIsolator, CgroupError> {
+pub(super) fn v1_iso(tmp: &TempDir) -> Result<CgroupsIsolator, CgroupError> {
     CgroupsIsolator::new(
         &tmp.path().join("cg"),
         &tmp.path().join("self_cgroup"),
@@ -115,9 +126,9 @@ fn v1_iso(tmp: &TempDir) -> Result<CgroupsIsolator, CgroupError> {
     )
 }
 
-fn v1_kernel_files(tmp: &TempDir, id: &str) {
+pub(super) fn v1_kernel_files(tmp: &TempDir, id: &str) {
     let root = tmp.path().join("cg");
-    let files: [(&str, &[&str]); 5] = [
+    let files: [(&str, &[&str]); 8] = [
         (
             "cpu",
             &[
@@ -133,16 +144,26 @@ fn v1_kernel_files(tmp: &TempDir, id: &str) {
             &[
                 "memory.limit_in_bytes",
                 "memory.memsw.limit_in_bytes",
+                "memory.soft_limit_in_bytes",
                 "cgroup.procs",
             ],
         ),
         ("pids", &["pids.max", "cgroup.procs"]),
         ("freezer", &["cgroup.procs"]),
+        (
+            "devices",
+            &["devices.allow", "devices.deny", "cgroup.procs"],
+        ),
+        ("blkio", &["cgroup.procs"]),
+        ("cpuset", &["cpuset.cpus", "cpuset.mems", "cgroup.procs"]),
     ];
     for (h, names) in files {
         for n in names {
             put(&root.join(h).join("berth").join(id).join(n), "");
         }
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        put(&root.join("cpuset/berth").join(f), "");
     }
 }
 
@@ -196,6 +217,9 @@ fn detects_v1_separate_hierarchies_and_hybrid() {
                 root.join("memory/process_api/abc/berth/c1"),
                 root.join("pids/berth/c1"),
                 root.join("freezer/berth/c1"),
+                root.join("devices/berth/c1"),
+                root.join("blkio/berth/c1"),
+                root.join("cpuset/berth/c1"),
             ]
         );
         assert_eq!(iso.describe("c1")["version"], "v1");
@@ -277,14 +301,15 @@ fn v2_prepare_writes_limits() {
     let root = fx.tmp.path().join("cg");
     assert_eq!(
         get(&root.join("cgroup.subtree_control")),
-        "+cpu +memory +pids"
+        "+cpu +memory +pids +io"
     );
     assert_eq!(
         get(&root.join("berth/cgroup.subtree_control")),
-        "+cpu +memory +pids"
+        "+cpu +memory +pids +io"
     );
     assert_eq!(get(&dir.join("cpu.max")), "50000 100000");
-    assert_eq!(get(&dir.join("cpu.weight")), "50");
+    assert_eq!(get(&dir.join("cpu.weight")), "20");
+    assert_eq!(get(&dir.join("memory.high")), "max");
     assert_eq!(get(&dir.join("memory.max")), (64u64 << 20).to_string());
     assert_eq!(get(&dir.join("memory.swap.max")), "0");
     assert_eq!(get(&dir.join("pids.max")), "100");
@@ -295,7 +320,11 @@ fn v2_prepare_writes_limits() {
     assert_eq!(get(&dir.join("pids.max")), "max");
     iso.prepare(&spec("c1", 200.0, 1 << 20, None)).unwrap();
     assert_eq!(get(&dir.join("cpu.max")), "20000000 100000");
-    assert_eq!(get(&dir.join("cpu.weight")), "10000");
+    assert_eq!(get(&dir.join("cpu.weight")), "7812");
+    // Every prepare attached the default device filter (and replaced the previous one).
+    let calls = fx.bpf.calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("attach")).count(), 3);
+    assert_eq!(fx.bpf.attached.lock().unwrap().len(), 1);
 }
 
 #[test]
@@ -304,7 +333,7 @@ fn v2_already_enabled_controllers_are_not_rewritten() {
     let root = fx.tmp.path().join("cg");
     put(
         &root.join("cgroup.subtree_control"),
-        "cpuset cpu memory pids",
+        "cpuset cpu io memory pids",
     );
     fx.kernel_files("c1");
     fx.iso()
@@ -313,7 +342,7 @@ fn v2_already_enabled_controllers_are_not_rewritten() {
         .unwrap();
     assert_eq!(
         get(&root.join("cgroup.subtree_control")),
-        "cpuset cpu memory pids"
+        "cpuset cpu io memory pids"
     );
 }
 
@@ -544,6 +573,8 @@ fn v2_usage_parsing() {
             mem_current_bytes: 4096,
             mem_peak_bytes: None,
             pids_current: 3,
+            cpu_nr_periods: Some(3),
+            cpu_nr_throttled: Some(1),
             ..Default::default()
         }
     );
@@ -589,6 +620,8 @@ fn v1_usage_parsing() {
             mem_current_bytes: 1 << 20,
             mem_peak_bytes: Some(2 << 20),
             pids_current: 2,
+            cpu_nr_periods: Some(10),
+            cpu_nr_throttled: Some(2),
             ..Default::default()
         }
     );
@@ -655,8 +688,13 @@ fn cleanup_reports_what_it_cannot_remove() {
 fn values_match_mesos_conventions() {
     assert_eq!(values::cpu_quota_us(0.5), 50_000);
     assert_eq!(values::cpu_quota_us(1.25), 125_000);
-    assert_eq!(values::cpu_weight(1.0), 100);
-    assert_eq!(values::cpu_weight(0.5), 50);
+    // runc: weight = 1 + (shares - 2) * 9999 / 262142.
+    assert_eq!(values::cpu_weight(1.0), 39);
+    assert_eq!(values::cpu_weight(0.5), 20);
+    assert_eq!(values::cpu_weight(0.25), 10);
+    assert_eq!(values::cpu_weight(0.75), 30);
+    assert_eq!(values::cpu_weight(0.0001), 1);
+    assert_eq!(values::cpu_weight(256.0), 10_000);
     assert_eq!(values::cpu_shares(0.5), 512);
     assert_eq!(values::cpu_shares(4.0), 4096);
     assert_eq!(super::fs::human_bytes(64 << 20), "64 MiB");

@@ -10,15 +10,15 @@ pub(super) fn cpu_quota_us(cpus: f64) -> u64 {
     ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
 }
 
-/// v2 `cpu.weight`: 1 cpu ≈ 100 (Mesos' 1024 shares per cpu mapped onto the v2 default weight),
-/// clamped to the kernel's 1..=10000.
-pub(super) fn cpu_weight(cpus: f64) -> u64 {
-    ((cpus * 100.0).round() as u64).clamp(1, 10_000)
-}
-
 /// v1 `cpu.shares`: 1024 per cpu as in Mesos, clamped to the kernel's 2..=262144.
 pub(super) fn cpu_shares(cpus: f64) -> u64 {
     ((cpus * 1024.0).round() as u64).clamp(2, 262_144)
+}
+
+/// v2 `cpu.weight` from the v1 shares of `cpus`, with runc's conversion
+/// `1 + ((shares - 2) * 9999) / 262142`, which maps 2..=262144 linearly onto 1..=10000.
+pub(super) fn cpu_weight(cpus: f64) -> u64 {
+    1 + ((cpu_shares(cpus) - 2) * 9999) / 262_142
 }
 
 /// `pids.max`: the number, or "max" for unlimited.
