@@ -22,8 +22,8 @@ use berth_executor::{DeviceSpec, FilesystemPlan, MountSpec, RootfsSource};
 use tracing::debug;
 
 use crate::{
-    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace,
-    NetworkMode, Usage, VolumeSpec, validate_container_id,
+    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Namespace, NetworkMode,
+    VolumeSpec, validate_container_id,
 };
 
 const NAME: &str = "filesystem";
@@ -453,22 +453,6 @@ impl Isolator for FilesystemIsolator {
         })
     }
 
-    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
-        Ok(None)
-    }
-
-    fn usage(&self, _id: &ContainerId) -> Result<Usage, IsolatorError> {
-        Ok(Usage::default())
-    }
-
-    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
     fn cleanup(&self, id: &ContainerId) -> Result<(), IsolatorError> {
         validate_container_id(id)?;
         // The mounts lived in the container's mount namespace, gone with its last process:
@@ -479,11 +463,6 @@ impl Isolator for FilesystemIsolator {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("remove {}", dir.display()), e)),
         }
-    }
-
-    fn recover(&self, _known: &[String]) -> Result<Vec<String>, IsolatorError> {
-        // Unknown containers' state dirs (rootfs included) are removed by the containerizer.
-        Ok(Vec::new())
     }
 
     fn describe(&self, id: &ContainerId) -> serde_json::Value {

@@ -422,19 +422,33 @@ pub trait Isolator: Send + Sync {
     /// Called before the workload exists; returns what the launcher must do for this isolator.
     fn prepare(&self, spec: &ContainerSpec) -> Result<LaunchInfo, IsolatorError>;
     /// Called with the workload's pid (host pid namespace) before it execs.
-    fn isolate(&self, id: &ContainerId, pid: i32) -> Result<(), IsolatorError>;
+    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
+        Ok(())
+    }
     /// Called after the workload ended: the limit it hit, if any.
-    fn limitation(&self, id: &ContainerId) -> Result<Option<Limitation>, IsolatorError>;
+    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
+        Ok(None)
+    }
     /// Current usage of a running container. Isolators with nothing to report return default.
-    fn usage(&self, id: &ContainerId) -> Result<Usage, IsolatorError>;
+    fn usage(&self, _id: &ContainerId) -> Result<Usage, IsolatorError> {
+        Ok(Usage::default())
+    }
     /// Kills every process left in the container (cgroup.kill or equivalent). Idempotent.
-    fn kill_all(&self, id: &ContainerId) -> Result<(), IsolatorError>;
+    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
+        Ok(())
+    }
     /// Removes everything this isolator made for the container. Idempotent.
-    fn cleanup(&self, id: &ContainerId) -> Result<(), IsolatorError>;
+    fn cleanup(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
+        Ok(())
+    }
     /// At agent start: destroys what belongs to none of `known`; returns the ids it cleaned up.
-    fn recover(&self, known: &[String]) -> Result<Vec<String>, IsolatorError>;
+    fn recover(&self, _known: &[String]) -> Result<Vec<String>, IsolatorError> {
+        Ok(Vec::new())
+    }
     /// Describes where this isolator keeps the container (e.g. cgroup paths) for `inspect`.
-    fn describe(&self, id: &ContainerId) -> serde_json::Value;
+    fn describe(&self, _id: &ContainerId) -> serde_json::Value {
+        serde_json::Value::Null
+    }
     /// Changes the limits of a running container. Isolators without live limits ignore it.
     fn update(&self, _id: &ContainerId, _update: &LimitsUpdate) -> Result<(), IsolatorError> {
         Ok(())

@@ -2,10 +2,7 @@
 //! and a new network namespace (loopback only) unless it asked for host networking. (The user
 //! namespace is the [`crate::userns`] isolator's, as an option.)
 
-use crate::{
-    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace,
-    NetworkMode, Usage,
-};
+use crate::{ContainerSpec, Isolator, IsolatorError, LaunchInfo, Namespace, NetworkMode};
 
 /// Asks the launcher for the container's namespaces.
 #[derive(Debug, Default)]
@@ -34,35 +31,6 @@ impl Isolator for NamespacesIsolator {
             hostname: Some(spec.hostname.clone()),
             ..Default::default()
         })
-    }
-
-    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
-        Ok(None)
-    }
-
-    fn usage(&self, _id: &ContainerId) -> Result<Usage, IsolatorError> {
-        Ok(Usage::default())
-    }
-
-    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn cleanup(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        // Namespaces die with their last process; nothing is pinned by bind mounts.
-        Ok(())
-    }
-
-    fn recover(&self, _known: &[String]) -> Result<Vec<String>, IsolatorError> {
-        Ok(Vec::new())
-    }
-
-    fn describe(&self, _id: &ContainerId) -> serde_json::Value {
-        serde_json::Value::Null
     }
 }
 

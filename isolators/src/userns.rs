@@ -14,7 +14,7 @@ use berth_executor::{IdMapRange, IdMaps};
 use tracing::debug;
 
 use crate::{
-    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Limitation, Namespace, Usage,
+    ContainerId, ContainerSpec, Isolator, IsolatorError, LaunchInfo, Namespace,
     validate_container_id,
 };
 
@@ -232,31 +232,6 @@ impl Isolator for UserNamespaceIsolator {
             id_maps: Some(self.range.id_maps()),
             ..Default::default()
         })
-    }
-
-    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
-        Ok(None)
-    }
-
-    fn usage(&self, _id: &ContainerId) -> Result<Usage, IsolatorError> {
-        Ok(Usage::default())
-    }
-
-    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn cleanup(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        // The namespace dies with its last process; the sandbox is removed by the agent.
-        Ok(())
-    }
-
-    fn recover(&self, _known: &[String]) -> Result<Vec<String>, IsolatorError> {
-        Ok(Vec::new())
     }
 
     fn describe(&self, _id: &ContainerId) -> serde_json::Value {

@@ -613,15 +613,6 @@ impl Isolator for DiskIsolator {
         Ok(LaunchInfo::default())
     }
 
-    fn isolate(&self, _id: &ContainerId, _pid: i32) -> Result<(), IsolatorError> {
-        Ok(())
-    }
-
-    fn limitation(&self, _id: &ContainerId) -> Result<Option<Limitation>, IsolatorError> {
-        // Disk limitations are reported live by `check` (see the module docs).
-        Ok(None)
-    }
-
     fn usage(&self, id: &ContainerId) -> Result<Usage, IsolatorError> {
         let Some(tracked) = self.tracked(id) else {
             return Ok(Usage::default());
@@ -631,10 +622,6 @@ impl Isolator for DiskIsolator {
             disk_limit_bytes: Some(tracked.record.limit_bytes),
             ..Default::default()
         })
-    }
-
-    fn kill_all(&self, _id: &ContainerId) -> Result<(), IsolatorError> {
-        Ok(())
     }
 
     fn cleanup(&self, id: &ContainerId) -> Result<(), IsolatorError> {

@@ -20,7 +20,6 @@ use std::str::FromStr;
 
 use caps::Capability;
 
-use super::stateless_isolator_methods;
 use crate::{CapabilitySets, ContainerSpec, Isolator, IsolatorError, LaunchInfo};
 
 const NAME: &str = "capabilities";
@@ -197,8 +196,6 @@ impl Isolator for CapabilitiesIsolator {
         tracing::debug!(container_id = %spec.id, capabilities = ?set, "capability set");
         Ok(launch_info(&set))
     }
-
-    stateless_isolator_methods!();
 }
 
 #[cfg(test)]

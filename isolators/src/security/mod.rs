@@ -24,35 +24,3 @@ mod syscalls;
 pub use capabilities::CapabilitiesIsolator;
 pub use rlimits::RlimitsIsolator;
 pub use seccomp::SeccompIsolator;
-
-/// Implements the [`Isolator`](crate::Isolator) methods that have nothing to do for an isolator
-/// whose whole effect is the [`LaunchInfo`](crate::LaunchInfo) it returns from `prepare`.
-macro_rules! stateless_isolator_methods {
-    () => {
-        fn isolate(&self, _id: &crate::ContainerId, _pid: i32) -> Result<(), crate::IsolatorError> {
-            Ok(())
-        }
-        fn limitation(
-            &self,
-            _id: &crate::ContainerId,
-        ) -> Result<Option<crate::Limitation>, crate::IsolatorError> {
-            Ok(None)
-        }
-        fn usage(&self, _id: &crate::ContainerId) -> Result<crate::Usage, crate::IsolatorError> {
-            Ok(crate::Usage::default())
-        }
-        fn kill_all(&self, _id: &crate::ContainerId) -> Result<(), crate::IsolatorError> {
-            Ok(())
-        }
-        fn cleanup(&self, _id: &crate::ContainerId) -> Result<(), crate::IsolatorError> {
-            Ok(())
-        }
-        fn recover(&self, _known: &[String]) -> Result<Vec<String>, crate::IsolatorError> {
-            Ok(Vec::new())
-        }
-        fn describe(&self, _id: &crate::ContainerId) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-    };
-}
-pub(crate) use stateless_isolator_methods;

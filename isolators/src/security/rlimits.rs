@@ -12,7 +12,6 @@
 
 use nix::sys::resource::{Resource, getrlimit};
 
-use super::stateless_isolator_methods;
 use crate::{ContainerSpec, Isolator, IsolatorError, LaunchInfo, RlimitRequest, RlimitSpec};
 
 const NAME: &str = "rlimits";
@@ -178,8 +177,6 @@ impl Isolator for RlimitsIsolator {
             ..Default::default()
         })
     }
-
-    stateless_isolator_methods!();
 }
 
 #[cfg(test)]

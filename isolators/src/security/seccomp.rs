@@ -29,7 +29,6 @@ use seccompiler::{
 };
 
 use super::seccomp_json::{self, ProfileContext};
-use super::stateless_isolator_methods;
 use super::syscalls::{self, Syscall};
 use crate::{ContainerSpec, Isolator, IsolatorError, LaunchInfo, SeccompProfile};
 
@@ -411,8 +410,6 @@ impl Isolator for SeccompIsolator {
             ..Default::default()
         })
     }
-
-    stateless_isolator_methods!();
 }
 
 #[cfg(test)]
