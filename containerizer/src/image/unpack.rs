@@ -747,9 +747,13 @@ impl<'o> Unpacker<'o> {
             entry: shown.to_string(),
             reason: format!("unreadable {field} in its header: {e}"),
         };
-        let mode = header.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let uid = header.uid().map_err(|e| bad("uid", e))?;
-        let gid = header.gid().map_err(|e| bad("gid", e))?;
+        // an all-NUL (empty) numeric field reads as 0, as GNU tar does
+        let old = header.as_old();
+        let mode = lenient(header.mode().map(u64::from), &old.mode).map_err(|e| bad("mode", e))?
+            as u32
+            & 0o7777;
+        let uid = lenient(header.uid(), &old.uid).map_err(|e| bad("uid", e))?;
+        let gid = lenient(header.gid(), &old.gid).map_err(|e| bad("gid", e))?;
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(bad(
                 "owner",
@@ -969,6 +973,14 @@ impl<'o> Unpacker<'o> {
 
 fn io_errno(err: &io::Error) -> Errno {
     Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// A numeric header field, or 0 when the field is empty (all NUL or spaces).
+fn lenient(value: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match value {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
+    }
 }
 
 /// PAX `mtime`: `seconds[.fraction]`.
