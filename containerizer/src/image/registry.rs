@@ -1,7 +1,7 @@
 //! A client of the OCI distribution (Docker Registry v2) API: manifests and blobs, anonymous
 //! token auth, platform choice in indexes, and resumable blob downloads.
 //!
-//! - **Transport**: `https://` with the system's roots (rustls, ring provider); plain `http://`
+//! - **Transport**: `https://` with the system's roots (reqwest's rustls backend); plain `http://`
 //!   only for registries on loopback (`127.0.0.1`, `localhost`, `[::1]`) or when `insecure` is set.
 //! - **Auth**: a request answered 401 with `WWW-Authenticate: Bearer realm=…,service=…,scope=…`
 //!   is retried once with a token fetched anonymously from the realm. Credentials are not
@@ -270,8 +270,6 @@ impl RegistryClient {
     /// A client for `reference`'s repository. Plain HTTP only for loopback registries or when
     /// `insecure` is set.
     pub fn new(reference: &Reference, insecure: bool) -> Result<Self, RegistryError> {
-        // rustls needs a process-wide crypto provider; a second install is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let scheme = if reference.is_loopback() || insecure {
             "http"
         } else {
