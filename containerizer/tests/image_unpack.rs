@@ -192,7 +192,6 @@ impl Fixture {
     fn assert_rejected(&self, result: Result<PathBuf, UnpackError>, entry: &str) -> String {
         let err = result.expect_err("the hostile layer was accepted");
         let text = err.to_string();
-        eprintln!("rejected as expected: {text}");
         assert!(
             text.contains(entry),
             "error does not name {entry:?}: {text}"

@@ -1,18 +1,10 @@
 //! `berth image load|pull|ls|rm|gc`: the image store under `<work-dir>/images`, used directly
 //! (no agent needs to run; the store's own locks make it safe beside a running agent).
 
-use std::{
-    collections::HashMap,
-    io::IsTerminal,
-    path::PathBuf,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, io::IsTerminal, path::PathBuf, sync::Mutex, time::Duration};
 
 use anyhow::Context;
-use berth_containerizer::image::{
-    ImageInfo, ImageStore, PullOptions, PullProgress, Sha256,
-};
+use berth_containerizer::image::{ImageInfo, ImageStore, PullOptions, PullProgress, Sha256};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -163,8 +155,16 @@ where
 }
 
 fn print_table(images: &[ImageInfo]) {
-    let width = images.iter().map(|i| i.reference.len()).max().unwrap_or(0).max(9);
-    println!("{:width$}  {:19}  {:>9}  {:>6}  SOURCE", "REFERENCE", "DIGEST", "SIZE", "LAYERS");
+    let width = images
+        .iter()
+        .map(|i| i.reference.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    println!(
+        "{:width$}  {:19}  {:>9}  {:>6}  SOURCE",
+        "REFERENCE", "DIGEST", "SIZE", "LAYERS"
+    );
     for image in images {
         println!(
             "{:width$}  sha256:{}  {:>9}  {:>6}  {}",
@@ -219,7 +219,12 @@ impl Progress {
     }
 
     fn with_bar(&self, digest: &Sha256, f: impl FnOnce(&ProgressBar)) {
-        if let Some(bar) = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+        if let Some(bar) = self
+            .blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
             f(bar);
         }
     }
@@ -228,7 +233,11 @@ impl Progress {
 impl PullProgress for Progress {
     fn resolved(&self, reference: &str, digest: &Sha256, blobs: &[(Sha256, u64)]) {
         let total: u64 = blobs.iter().map(|(_, size)| size).sum();
-        eprintln!("{reference}: manifest {digest}, {} blobs, {}", blobs.len(), human(total));
+        eprintln!(
+            "{reference}: manifest {digest}, {} blobs, {}",
+            blobs.len(),
+            human(total)
+        );
     }
 
     fn layer_started(&self, digest: &Sha256, size: u64, offset: u64) {
@@ -252,7 +261,12 @@ impl PullProgress for Progress {
             }
             None if offset >= size => {}
             None if offset > 0 => {
-                eprintln!("{}: resuming at {} of {}", digest.short(), human(offset), human(size));
+                eprintln!(
+                    "{}: resuming at {} of {}",
+                    digest.short(),
+                    human(offset),
+                    human(size)
+                );
             }
             None => eprintln!("{}: downloading {}", digest.short(), human(size)),
         }
@@ -282,7 +296,9 @@ mod tests {
     #[test]
     fn parses_image_verbs() {
         let cli = Cli::try_parse_from(["berth", "image", "pull", "--insecure", "busybox"]).unwrap();
-        let Command::Image(args) = cli.command else { panic!("not image") };
+        let Command::Image(args) = cli.command else {
+            panic!("not image")
+        };
         assert_eq!(args.work_dir, PathBuf::from("/var/lib/berth"));
         match args.command {
             ImageCommand::Pull(pull) => {
@@ -294,9 +310,14 @@ mod tests {
         }
         let cli =
             Cli::try_parse_from(["berth", "image", "ls", "--work-dir", "/w", "--json"]).unwrap();
-        let Command::Image(args) = cli.command else { panic!("not image") };
+        let Command::Image(args) = cli.command else {
+            panic!("not image")
+        };
         assert_eq!(args.work_dir, PathBuf::from("/w"));
-        assert!(matches!(args.command, ImageCommand::Ls(LsArgs { json: true })));
+        assert!(matches!(
+            args.command,
+            ImageCommand::Ls(LsArgs { json: true })
+        ));
         assert!(Cli::try_parse_from(["berth", "image", "rm"]).is_err());
         assert!(Cli::try_parse_from(["berth", "image", "load"]).is_err());
     }

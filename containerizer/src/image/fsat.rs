@@ -256,10 +256,7 @@ mod tests {
         }
         // the component walk reports the same things
         beneath.walk_only = true;
-        assert!(matches!(
-            beneath.open_dir(&[b"a", b"link", b"x"], true),
-            Ok(_)
-        ));
+        assert!(beneath.open_dir(&[b"a", b"link", b"x"], true).is_ok());
         assert!(root.join("a/link/x").is_dir(), "walk creates plain dirs");
         match beneath.open_dir(&[b"link", b"ssl"], true) {
             Err(ParentError::Symlink(at)) => assert_eq!(at, "link"),

@@ -1,6 +1,9 @@
 use std::io::Read;
 
-use super::*;
+use super::{
+    entries::{Whiteout, components, parse_pax_time, whiteout, xattr_allowed},
+    *,
+};
 
 #[test]
 fn path_components() {
@@ -55,7 +58,7 @@ fn pax_times() {
 
 #[test]
 fn limited_reader_allows_exactly_the_cap() {
-    let data = vec![7u8; 100];
+    let data = [7u8; 100];
     let mut exact = LimitedReader {
         inner: &data[..],
         left: 100,
