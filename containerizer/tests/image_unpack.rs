@@ -697,3 +697,41 @@ fn hostile_truncated_archives() {
         "truncated",
     );
 }
+
+#[test]
+fn a_directory_replaced_later_in_the_same_layer() {
+    let fx = Fixture::new();
+    let sentinel = fx.sentinel().display().to_string();
+    // "d" is a directory, then a whiteout of itself, and "e" a directory then a symlink out:
+    // setting the directories' mtimes at the end must neither fail nor follow the symlink
+    let layer = Layer::new()
+        .dir("d", 0o755)
+        .file(".wh.d", b"")
+        .dir("e", 0o755)
+        .symlink("e", &sentinel)
+        .tar();
+    let dest = fx
+        .unpack("replaced", &layer, &UnpackOptions::default())
+        .unwrap();
+    assert!(is_whiteout(&dest.join("d")));
+    assert!(
+        fs::symlink_metadata(dest.join("e"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    fx.assert_sentinel_untouched();
+    assert_ne!(fs::metadata(fx.sentinel()).unwrap().mtime(), 1_600_000_000);
+}
+
+#[test]
+fn hostile_truncated_zstd() {
+    let fx = Fixture::new();
+    let tar = Layer::new()
+        .file("big", &vec![3u8; 100_000])
+        .file("z", b"z")
+        .tar();
+    let blob = zstd::encode_all(&tar[..], 1).unwrap();
+    let cut = &blob[..blob.len() - 8];
+    fx.assert_rejected(fx.unpack("zst", cut, &UnpackOptions::default()), "layer");
+}

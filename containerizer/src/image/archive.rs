@@ -286,10 +286,13 @@ impl Loader<'_> {
                 let full = dir.join(clean);
                 let file = match File::open(&full) {
                     Ok(file) => file,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && digest.is_some() => {
-                        return Err(ImageError::MissingBlob {
-                            digest: digest.cloned().unwrap_or_else(|| Sha256::of(b"")),
-                            what,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(match digest {
+                            Some(digest) => ImageError::MissingBlob {
+                                digest: digest.clone(),
+                                what,
+                            },
+                            None => ImageError::io(&full, "opening")(e),
                         });
                     }
                     Err(e) => return Err(ImageError::io(&full, "opening")(e)),

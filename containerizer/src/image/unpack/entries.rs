@@ -568,7 +568,12 @@ impl<'o> Unpacker<'o> {
                 .filter(|c| !c.is_empty())
                 .collect();
             let shown = String::from_utf8_lossy(path).into_owned();
-            let dir = self.open_parent(&comps, &shown)?;
+            // a directory that a later entry of the layer replaced (by a file, a symlink or a
+            // whiteout) keeps no mtime to set; never follow what replaced it
+            let Ok(dir) = self.tree.open_dir(&comps, false) else {
+                debug!(entry = %shown, "directory replaced later in the layer; mtime not set");
+                continue;
+            };
             nix::sys::stat::futimens(dir.as_fd(), mtime, mtime)
                 .map_err(|e| self.create_err(&shown, "setting the directory mtime", e))?;
         }
