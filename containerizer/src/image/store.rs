@@ -9,6 +9,7 @@
 //!                         verified, fsync'd, renamed into place
 //!   blobs/.partial/<hex>  interrupted downloads, resumed with an HTTP Range request
 //!   layers/<diffid-hex>/  a layer unpacked once (temp dir + rename when complete)
+//!   leases/<container>    manifest digest of an image a container uses (kept by gc)
 //! ```
 //!
 //! Blobs are immutable and named by their digest, so concurrent writers of the same blob are
@@ -545,19 +546,97 @@ impl ImageStore {
         Ok(dirs)
     }
 
-    /// Deletes every blob, partial download and unpacked layer that no image of the index needs.
-    /// Waits for running pulls, loads and unpacks to finish.
+    fn lease_dir(&self) -> PathBuf {
+        self.root.join("leases")
+    }
+
+    /// Records that `holder` (a container id: letters, digits, `._-`) uses the image `name`, so
+    /// [`gc`](Self::gc) keeps its blobs and unpacked layers even after the name is removed, until
+    /// [`release`](Self::release). Returns the image's manifest digest.
+    pub fn lease(&self, holder: &str, name: &str) -> Result<Sha256, ImageError> {
+        let path = self.lease_path(holder)?;
+        let digest = {
+            let _lock = self.lock_index()?;
+            let index = self.read_index()?;
+            let key = Self::matching(&index, name)?.remove(0);
+            let digest = index.images[&key].manifest.clone();
+            let dir = self.lease_dir();
+            fs::create_dir_all(&dir).map_err(ImageError::io(&dir, "creating"))?;
+            let tmp = dir.join(format!(".{holder}.tmp-{}", std::process::id()));
+            fs::write(&tmp, digest.to_string()).map_err(ImageError::io(&tmp, "writing"))?;
+            fs::rename(&tmp, &path).map_err(ImageError::io(&path, "renaming into place"))?;
+            digest
+        };
+        debug!(holder, image = name, digest = %digest, "image leased");
+        Ok(digest)
+    }
+
+    /// Drops `holder`'s lease (nothing to drop is fine).
+    pub fn release(&self, holder: &str) -> Result<(), ImageError> {
+        let path = self.lease_path(holder)?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(ImageError::io(&path, "removing")(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn lease_path(&self, holder: &str) -> Result<PathBuf, ImageError> {
+        let valid = !holder.is_empty()
+            && holder.len() <= 255
+            && !holder.starts_with('.')
+            && holder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(ImageError::Invalid {
+                what: format!("lease holder {holder:?}"),
+                reason: "not a container id (letters, digits, ._-)".into(),
+            });
+        }
+        Ok(self.lease_dir().join(holder))
+    }
+
+    /// (holder, manifest digest) of every lease.
+    fn leases(&self) -> Result<Vec<(String, Sha256)>, ImageError> {
+        let dir = self.lease_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in read_dir(&dir)? {
+            let holder = entry.file_name().to_string_lossy().into_owned();
+            if holder.starts_with('.') {
+                continue;
+            }
+            let text = fs::read_to_string(entry.path())
+                .map_err(ImageError::io(entry.path(), "reading"))?;
+            out.push((format!("lease {holder}"), Sha256::parse(text.trim())?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every blob, partial download and unpacked layer that no image of the index and no
+    /// [`lease`](Self::lease) needs. Waits for running pulls, loads and unpacks to finish.
     pub fn gc(&self) -> Result<GcReport, ImageError> {
         let _lock = self.lock_exclusive()?;
         let index = {
             let _index_lock = self.lock_index()?;
             self.read_index()?
         };
+        // roots: every image of the index, and every image a container holds a lease on
+        let mut roots: Vec<(String, Sha256)> = index
+            .images
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.manifest.clone()))
+            .collect();
+        roots.extend(self.leases()?);
         let mut blobs: HashSet<String> = HashSet::new();
         let mut layers: HashSet<String> = HashSet::new();
-        for (name, entry) in &index.images {
-            blobs.insert(entry.manifest.hex().to_string());
-            let (manifest, config_digest, config) = match self.read_image(&entry.manifest) {
+        for (name, manifest_digest) in &roots {
+            blobs.insert(manifest_digest.hex().to_string());
+            let (manifest, config_digest, config) = match self.read_image(manifest_digest) {
                 Ok(image) => image,
                 Err(e) => {
                     // keep whatever it might still reference: refuse to guess

@@ -313,3 +313,26 @@ fn unknown_names_and_bad_references() {
         Err(ImageError::NotFound(_))
     ));
 }
+
+#[test]
+fn a_leased_image_survives_rm_and_gc_until_released() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("img");
+    let built = oci_layout(&layout, &two_layers(), Some("1"));
+    let store = ImageStore::open(&tmp.path().join("images")).unwrap();
+    store.load_as(&layout, Some("app")).unwrap();
+    let dirs = store.rootfs_layers("app:1").unwrap();
+    assert_eq!(store.lease("ctr-1", "app:1").unwrap(), built.manifest);
+    assert!(store.lease("../x", "app:1").is_err());
+    assert!(store.lease("ctr-2", "other").is_err());
+
+    store.remove("app:1").unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!((report.blobs_removed, report.layers_removed), (0, 0));
+    assert!(dirs.iter().all(|d| d.is_dir()));
+
+    store.release("ctr-1").unwrap();
+    store.release("ctr-1").unwrap();
+    let report = store.gc().unwrap();
+    assert_eq!((report.blobs_removed, report.layers_removed), (4, 2));
+}
