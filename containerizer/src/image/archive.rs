@@ -360,6 +360,16 @@ impl Loader<'_> {
             .map_err(ImageError::json(format!("{}: index.json", self.archive)))?;
         let mut out = Vec::new();
         for descriptor in index.manifests() {
+            // a layout of several platforms (or with attestation manifests) lists them side by
+            // side: only linux/amd64 ones are loaded, so a name never ends up on another platform
+            if let Some(platform) = descriptor.platform()
+                && (platform.os().to_string() != "linux"
+                    || platform.architecture().to_string() != "amd64")
+            {
+                debug!(digest = %descriptor.digest(), os = %platform.os(),
+                       arch = %platform.architecture(), "skipping a manifest of another platform");
+                continue;
+            }
             let annotations = descriptor.annotations().clone().unwrap_or_default();
             let manifest = self.resolve_manifest(descriptor)?;
             let full = annotations.get("io.containerd.image.name");
@@ -378,7 +388,7 @@ impl Loader<'_> {
         if out.is_empty() {
             return Err(ImageError::Invalid {
                 what: self.archive.clone(),
-                reason: "index.json lists no manifest".into(),
+                reason: "index.json lists no linux/amd64 manifest".into(),
             });
         }
         Ok(out)

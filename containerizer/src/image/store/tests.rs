@@ -336,3 +336,28 @@ fn a_leased_image_survives_rm_and_gc_until_released() {
     let report = store.gc().unwrap();
     assert_eq!((report.blobs_removed, report.layers_removed), (4, 2));
 }
+
+#[test]
+fn a_layout_with_several_platforms_loads_linux_amd64_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("multi");
+    let amd64 = oci_layout(&layout, &two_layers(), Some("1"));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut entry = index["manifests"][0].clone();
+    entry["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    // an arm64 entry pointing at a blob that is not even there: it must not be looked at
+    let mut arm = entry.clone();
+    arm["digest"] = json!(Sha256::of(b"arm64 manifest").to_string());
+    arm["platform"] = json!({"os": "linux", "architecture": "arm64"});
+    index["manifests"] = json!([arm, entry]);
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let store = ImageStore::open(&tmp.path().join("images")).unwrap();
+    let loaded = store.load_as(&layout, Some("multi")).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].digest, amd64.manifest);
+}
