@@ -27,6 +27,7 @@ PKGS=(
   jq python3                # JSON in scripts
   curl              # poking the agent's HTTP API by hand / in scripts
   ca-certificates
+  docker-registry skopeo umoci # image tests: a local registry, pushing OCI layouts, the umoci unpack benchmark
 )
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get install); try: sudo bash $0"
@@ -50,7 +51,7 @@ else
 fi
 
 # sanity checks of what the suite calls directly
-for c in qemu-system-x86_64 busybox cpio gzip xz ip jq; do
+for c in qemu-system-x86_64 busybox cpio gzip xz ip jq docker-registry skopeo umoci; do
   command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
 ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || die "no /boot/vmlinuz-*-amd64 after installing linux-image-amd64"

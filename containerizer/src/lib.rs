@@ -17,6 +17,7 @@
 
 mod container;
 mod error;
+pub mod image;
 
 use std::{
     collections::HashMap,

@@ -1,6 +1,6 @@
 //! The `berth` binary: parses the command line and hands over to the library.
 
-use berth_agent::cli::{Cli, Command, client::AgentClient, ops, run};
+use berth_agent::cli::{Cli, Command, client::AgentClient, image, ops, run};
 use clap::Parser;
 
 fn init_logging(json: bool) {
@@ -49,6 +49,7 @@ fn main() {
             Command::Kill(args) => ops::kill(&client, args).await,
             Command::Inspect(args) => ops::inspect(&client, args).await,
             Command::Update(args) => ops::update(&client, args).await,
+            Command::Image(args) => image::run(args).await,
         };
         match result {
             Ok(code) => code,

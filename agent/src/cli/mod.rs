@@ -2,6 +2,7 @@
 //! an agent's HTTP API; `run` is a Mesos v1 scheduler (a framework) of its own.
 
 pub mod client;
+pub mod image;
 pub mod isolation_args;
 pub mod ops;
 pub mod run;
@@ -45,6 +46,8 @@ pub enum Command {
     Inspect(TaskRef),
     /// Change a running task's limits (cpus, memory, memory.high, pids) in place.
     Update(UpdateArgs),
+    /// Manage the local image store (load, pull, ls, rm, gc); needs no running agent.
+    Image(image::ImageArgs),
 }
 
 /// Arguments of `berth update`.
