@@ -406,7 +406,14 @@ fn cgroup_destroy_of_100_containers_leaves_nothing_alone() {
     let Some(mut agent) = Agent::start_or_skip() else {
         return;
     };
-    let ids: Vec<String> = (0..100)
+    // 100 on the host; 20 in the cgroup v2 microVM, where each launch is emulated (TCG) and 100
+    // would take most of the CI budget (the isolator-level test destroys 100 there).
+    let count = if std::env::var("BERTH_TEST_CGROUP").as_deref() == Ok("v2") {
+        20
+    } else {
+        100
+    };
+    let ids: Vec<String> = (0..count)
         .map(|i| {
             agent.run_detached(&[
                 "--mem",
@@ -421,7 +428,7 @@ fn cgroup_destroy_of_100_containers_leaves_nothing_alone() {
             ])
         })
         .collect();
-    assert_eq!(agent.ps_json(false).len(), 100);
+    assert_eq!(agent.ps_json(false).len(), count);
     for id in &ids {
         agent.berth(&["kill", "--grace", "0", id]).assert_success();
     }
