@@ -61,7 +61,9 @@ start_agent() { # NAME ISOLATION -> prints the URL
 }
 
 stats() { # FILE of ms values -> "p50 p90 mean"
-  sort -n "$1" | awk '{v[NR]=$1; s+=$1} END {printf "%.2f %.2f %.2f", v[int(NR*0.5)+1>NR?NR:int(NR*0.5)+1], v[int(NR*0.9)+1>NR?NR:int(NR*0.9)+1], s/NR}'
+  sort -n "$1" | awk '{ v[NR] = $1; s += $1 }
+    END { i = int(NR * 0.5) + 1; if (i > NR) i = NR; j = int(NR * 0.9) + 1; if (j > NR) j = NR;
+          printf "%.2f %.2f %.2f", v[i], v[j], s / NR }'
 }
 
 ms_since() { # START (EPOCHREALTIME) -> ms
