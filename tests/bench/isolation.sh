@@ -24,16 +24,28 @@ N_SCRAPE=${N_SCRAPE:-20}
 BIN_DIR=${BERTH_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/release}
 BERTH="$BIN_DIR/berth"
 WORK=/tmp/$TAG
-PIDS=()
 
 say() { printf '[bench-iso %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# start_agent runs in a command substitution (a subshell): it records each agent's pid in a file,
+# which is what cleanup reads. Agents end their tasks on SIGTERM; anything left is killed by pid.
 cleanup() {
-  for pid in "${PIDS[@]}"; do
+  local pidfile pid
+  for pidfile in "$WORK"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for pidfile in "$WORK"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    for _ in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "agent $pid did not stop within 120 s of SIGTERM: killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
+  # shims (and, through their parent-death signal, containers) of an agent that was killed
+  for pid in $(pgrep -f "$WORK/" || true); do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -52,7 +64,7 @@ start_agent() { # NAME ISOLATION -> prints the URL
     --runtime-dir "$WORK/$name/run" --cgroup-base "$TAG-$name" --isolation "$isolation" \
     --resources 'cpus:1000;mem:1000000' --default-pids-max 64 \
     >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
+  echo $! >"$WORK/$name.pid"
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { echo "http://127.0.0.1:$port"; return; }
     sleep 0.1
