@@ -74,8 +74,8 @@ pub enum ContainerizerError {
     Provision {
         /// The container.
         id: String,
-        /// The cause, naming the image.
-        source: ProvisionError,
+        /// The cause, naming the image (boxed: image errors are large).
+        source: Box<ProvisionError>,
     },
     /// An image container needs the filesystem isolator, which is not enabled.
     #[error("container {0}: image containers need the filesystem isolator (--isolation)")]

@@ -234,7 +234,7 @@ impl Containerizer {
                         .await
                         .map_err(|source| ContainerizerError::Provision {
                             id: id.clone(),
-                            source,
+                            source: Box::new(source),
                         })?;
                 Some(provisioned)
             }

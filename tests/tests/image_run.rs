@@ -436,6 +436,48 @@ fn cgroup_image_rm_and_gc_keep_the_layers_of_a_running_container() {
     agent.assert_no_leftovers();
 }
 
+#[test]
+fn cgroup_image_restart_keeps_the_lease_of_a_running_container_and_drops_stale_ones() {
+    let Some(mut agent) = Agent::start_or_skip() else {
+        return;
+    };
+    let images = load_images(&agent);
+    let image = &images["berth.test/busybox"];
+    let id = agent.run_detached(&[
+        "--image",
+        "berth.test/busybox:1.0",
+        "--",
+        "sh",
+        "-c",
+        "while :; do cat /etc/motd; sleep 0.2; done",
+    ]);
+    let container = agent.inspect(&id)["container"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leases = agent.work_dir().join("images/leases");
+    assert_eq!(files_in(&leases), std::slice::from_ref(&container));
+    // a lease whose container is gone (an agent killed between lease and launch)
+    fs::write(leases.join("stale-container"), &image.manifest).unwrap();
+    agent.crash_and_restart();
+    assert_eq!(agent.task_state(&id), "TASK_RUNNING");
+    assert_eq!(
+        files_in(&leases),
+        [container],
+        "recovery keeps the running container's lease and drops the stale one"
+    );
+    let logs = agent.berth(&["logs", &id]);
+    assert_stdout(&logs, "from the top layer");
+    agent.berth(&["kill", "--grace", "0", &id]).assert_success();
+    agent.wait_for_state(&id, &["TASK_KILLED"], Duration::from_secs(30));
+    wait_until(
+        "the lease released",
+        scaled(Duration::from_secs(20)),
+        || files_in(&leases).is_empty().then_some(()),
+    );
+    agent.assert_no_leftovers();
+}
+
 /// Host only (the microVM has no registry running): the agent pulls the image on demand.
 #[test]
 fn image_run_pulls_on_demand_from_a_local_registry() {
