@@ -1,8 +1,11 @@
 //! Image containers through the agent: `berth run --image REF` and the scheduler API's
 //! `ContainerInfo{type: MESOS, mesos.image: DOCKER|APPC}`. The images are OCI layouts written
-//! here from busybox-static and loaded with `berth image load` into the agent's store, so the
-//! tests named `cgroup_image_*` need no registry and also run in the cgroup v2 microVM; the
-//! pull on demand from a real local `docker-registry` is a host-only test.
+//! here from busybox-static and loaded with `berth image load` into the agent's store, so no
+//! test but the pull on demand (from a real local `docker-registry`) needs a registry. The tests
+//! named `cgroup_image_*` also run in the cgroup v2 microVM (root, defaults and user, the
+//! scheduler API with a failing pull and a missing command); the others exercise overlay and
+//! store behaviour that does not depend on the cgroup version, and run on the host only (under
+//! TCG every image test costs minutes of the VM's budget).
 //!
 //! What is checked: the container sees the image's root and nothing of the host's; the image's
 //! Entrypoint, Cmd, Env, WorkingDir and User are honoured and the task overrides them as
@@ -304,7 +307,7 @@ fn cgroup_image_defaults_env_workdir_and_user() {
 }
 
 #[test]
-fn cgroup_image_writes_land_in_the_sandbox_and_layers_stay_untouched() {
+fn image_writes_land_in_the_sandbox_and_layers_stay_untouched() {
     let Some(mut agent) = Agent::start_or_skip() else {
         return;
     };
@@ -370,7 +373,7 @@ fn cgroup_image_writes_land_in_the_sandbox_and_layers_stay_untouched() {
 }
 
 #[test]
-fn cgroup_image_unknown_image_fails_the_task_naming_it() {
+fn image_unknown_image_fails_the_task_naming_it() {
     let Some(mut agent) = Agent::start_or_skip() else {
         return;
     };
@@ -396,7 +399,7 @@ fn cgroup_image_unknown_image_fails_the_task_naming_it() {
 }
 
 #[test]
-fn cgroup_image_rm_and_gc_keep_the_layers_of_a_running_container() {
+fn image_rm_and_gc_keep_the_layers_of_a_running_container() {
     let Some(mut agent) = Agent::start_or_skip() else {
         return;
     };
@@ -437,7 +440,7 @@ fn cgroup_image_rm_and_gc_keep_the_layers_of_a_running_container() {
 }
 
 #[test]
-fn cgroup_image_restart_keeps_the_lease_of_a_running_container_and_drops_stale_ones() {
+fn image_restart_keeps_the_lease_of_a_running_container_and_drops_stale_ones() {
     let Some(mut agent) = Agent::start_or_skip() else {
         return;
     };
