@@ -469,6 +469,16 @@ impl Agent {
                 }
                 self.wait_container(task_id, container_id).await;
             }
+            Err(err) if err.is_invalid_task() => {
+                // Known only once the image's defaults are: the task has nothing to run.
+                self.metrics.launch_failed();
+                self.update(
+                    &task_id,
+                    mesos::TaskState::TaskError,
+                    Some(err.to_string()),
+                    Some(mesos::task_status::Reason::TaskInvalid),
+                );
+            }
             Err(err) => {
                 self.metrics.launch_failed();
                 self.update(

@@ -5,7 +5,8 @@
 //! 2. create the work and runtime dirs and take the work dir's lock (one agent per work dir);
 //! 3. detect cgroups (v2, else the v1 fallback) under the agent's own cgroup;
 //! 4. detect or read the node's resources; load or create the agent id;
-//! 5. build the containerizer and the agent, recover checkpointed tasks and containers;
+//! 5. open the image store (`<work-dir>/images`), build the containerizer and the agent,
+//!    recover checkpointed tasks and containers;
 //! 6. connect to the master (the embedded one in `--dev`) and serve HTTP.
 
 use std::{
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
-use berth_containerizer::{Containerizer, ContainerizerPaths};
+use berth_containerizer::{Containerizer, ContainerizerPaths, image::ImageStore};
 use berth_isolators::{NetworkMode, cgroups::CgroupsIsolator};
 use clap::{Args, ValueEnum};
 use tracing::{info, warn};
@@ -168,14 +169,20 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         isolators = ?isolators.iter().map(|i| i.name()).collect::<Vec<_>>(),
         "isolators enabled"
     );
-    let containerizer = Arc::new(Containerizer::new(
-        ContainerizerPaths {
-            sandboxes: flags.work_dir.join("sandboxes"),
-            runtime: containers_runtime,
-            executor_bin,
-        },
-        isolators,
-    )?);
+    let images_dir = flags.work_dir.join("images");
+    let images = ImageStore::open(&images_dir)
+        .with_context(|| format!("opening the image store {}", images_dir.display()))?;
+    let containerizer = Arc::new(
+        Containerizer::new(
+            ContainerizerPaths {
+                sandboxes: flags.work_dir.join("sandboxes"),
+                runtime: containers_runtime,
+                executor_bin,
+            },
+            isolators,
+        )?
+        .with_image_store(Arc::new(images)),
+    );
     let settings = AgentSettings {
         id: agent_id,
         hostname,

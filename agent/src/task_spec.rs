@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_containerizer::ContainerConfig;
+use berth_containerizer::{ArgvKind, ContainerConfig};
 use berth_isolators::{
     HugetlbLimit, IoMax, IsolationOptions, Limits, NetworkMode, RlimitRequest, SeccompProfile,
     VolumeSpec,
@@ -398,21 +398,8 @@ pub(crate) fn container_config(
     task: &mesos::TaskInfo,
     sandbox: &Path,
 ) -> Result<(ContainerConfig, TaskLimits), String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or("the task has no command (executors are not supported yet)")?;
-    let argv = if command.shell() {
-        let value = command
-            .value
-            .clone()
-            .ok_or("shell command without a value")?;
-        vec!["/bin/sh".to_string(), "-c".to_string(), value]
-    } else if !command.arguments.is_empty() {
-        command.arguments.clone()
-    } else {
-        vec![command.value.clone().ok_or("command without a value")?]
-    };
+    let image = image_of(task)?;
+    let (argv, argv_kind) = command_of(task, image.is_some())?;
     let resources = ResourceSet::from_proto(&task.resources);
     let cpus = resources.scalar("cpus");
     let mem_mb = resources.scalar("mem");
@@ -450,16 +437,21 @@ pub(crate) fn container_config(
         }
     };
     let (options, extra) = isolation_of(task, settings.seccomp_config_dir.as_deref())?;
-    let mut env = vec![
-        ("PATH".to_string(), DEFAULT_PATH.to_string()),
-        ("HOME".to_string(), "/root".to_string()),
+    // An image brings its own PATH (and HOME follows its user): the containerizer fills them
+    // in after the image's Env.
+    let mut env = Vec::new();
+    if image.is_none() {
+        env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
+        env.push(("HOME".to_string(), "/root".to_string()));
+    }
+    env.extend([
         ("MESOS_SANDBOX".to_string(), sandbox.display().to_string()),
         ("MESOS_TASK_ID".to_string(), task.task_id.value.clone()),
         ("MESOS_FRAMEWORK_ID".to_string(), framework_id.to_string()),
         ("MESOS_AGENT_ID".to_string(), settings.id.clone()),
         ("MESOS_CONTAINER_ID".to_string(), container_id.to_string()),
-    ];
-    if let Some(environment) = &command.environment {
+    ]);
+    if let Some(environment) = task.command.as_ref().and_then(|c| c.environment.as_ref()) {
         for variable in &environment.variables {
             let value = variable.value.clone().unwrap_or_default();
             env.retain(|(k, _)| k != &variable.name);
@@ -484,9 +476,75 @@ pub(crate) fn container_config(
             network,
             hostname,
             options,
+            image,
+            argv_kind,
         },
         limits,
     ))
+}
+
+/// The image of a task's container: `ContainerInfo` of type MESOS with `mesos.image` (a DOCKER
+/// image's name, or an APPC image's name taken as a plain reference); `None` for a native
+/// container.
+pub fn image_of(task: &mesos::TaskInfo) -> Result<Option<String>, String> {
+    use mesos::{container_info::Type as ContainerType, image::Type as ImageType};
+    let Some(container) = &task.container else {
+        return Ok(None);
+    };
+    if container.r#type() == ContainerType::Docker {
+        return Err(
+            "ContainerInfo type DOCKER (the Docker containerizer) is not supported: use type \
+             MESOS with mesos.image"
+                .into(),
+        );
+    }
+    let Some(image) = container.mesos.as_ref().and_then(|m| m.image.as_ref()) else {
+        return Ok(None);
+    };
+    let name = match image.r#type() {
+        ImageType::Docker => image.docker.as_ref().map(|d| d.name.as_str()),
+        ImageType::Appc => image.appc.as_ref().map(|a| a.name.as_str()),
+    };
+    match name.map(str::trim) {
+        Some(name) if !name.is_empty() => Ok(Some(name.to_string())),
+        _ => Err(format!(
+            "container image of type {} without a name",
+            image.r#type().as_str_name()
+        )),
+    }
+}
+
+/// The argv of a task (Mesos `CommandInfo`) and how it combines with an image's Entrypoint and
+/// Cmd: a shell command runs `/bin/sh -c value`; `shell=false` with a value runs `arguments`
+/// (or the value alone); with an image, `shell=false` without a value gives arguments for the
+/// image's Entrypoint (none: its Cmd), and a task without a command runs the image's defaults.
+pub fn command_of(
+    task: &mesos::TaskInfo,
+    has_image: bool,
+) -> Result<(Vec<String>, ArgvKind), String> {
+    let Some(command) = task.command.as_ref() else {
+        if has_image {
+            return Ok((Vec::new(), ArgvKind::Arguments));
+        }
+        return Err("the task has no command (executors are not supported yet)".into());
+    };
+    if command.shell() {
+        let value = command
+            .value
+            .clone()
+            .ok_or("shell command without a value")?;
+        return Ok((
+            vec!["/bin/sh".to_string(), "-c".to_string(), value],
+            ArgvKind::Command,
+        ));
+    }
+    match (&command.value, command.arguments.is_empty()) {
+        (Some(_), false) => Ok((command.arguments.clone(), ArgvKind::Command)),
+        (Some(value), true) => Ok((vec![value.clone()], ArgvKind::Command)),
+        (None, _) if has_image => Ok((command.arguments.clone(), ArgvKind::Arguments)),
+        (None, false) => Ok((command.arguments.clone(), ArgvKind::Command)),
+        (None, true) => Err("command without a value".into()),
+    }
 }
 
 /// A hostname from a task id: lower-case alphanumerics and '-', at most 63 characters.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use berth_executor::client::ClientError;
 use berth_isolators::IsolatorError;
 
+use crate::provisioner::ProvisionError;
+
 /// What can go wrong in the containerizer.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerizerError {
@@ -67,7 +69,30 @@ pub enum ContainerizerError {
         /// The cause.
         source: ClientError,
     },
+    /// The container's image could not be provisioned (pulled, unpacked, merged with the task).
+    #[error("container {id}: {source}")]
+    Provision {
+        /// The container.
+        id: String,
+        /// The cause, naming the image (boxed: image errors are large).
+        source: Box<ProvisionError>,
+    },
+    /// An image container needs the filesystem isolator, which is not enabled.
+    #[error("container {0}: image containers need the filesystem isolator (--isolation)")]
+    ImageNeedsFilesystem(String),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Join(String),
+}
+
+impl ContainerizerError {
+    /// Whether the task itself is at fault (it has no command): the agent reports `TASK_ERROR`,
+    /// not a failed launch.
+    pub fn is_invalid_task(&self) -> bool {
+        match self {
+            ContainerizerError::EmptyCommand(_) => true,
+            ContainerizerError::Provision { source, .. } => source.is_invalid_task(),
+            _ => false,
+        }
+    }
 }

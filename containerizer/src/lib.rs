@@ -5,7 +5,8 @@
 //! and its runtime state (shim socket, pid and exit records).
 //!
 //! A launch is one straight line (see [`Containerizer::launch`]):
-//! sandbox → every isolator's `prepare` → the `berth-executor` shim clones the workload into its
+//! sandbox → the image, if any ([`provisioner`]: pull, lease, unpack, merge with the task) →
+//! every isolator's `prepare` → the `berth-executor` shim clones the workload into its
 //! namespaces, blocked → every isolator's `isolate(pid)` (cgroup attach) → `Start` → the workload
 //! execs. A monitor task per container follows the shim's events; when the workload ends it asks
 //! the isolators what limit (if any) ended it, and publishes a [`Termination`].
@@ -18,6 +19,7 @@
 mod container;
 mod error;
 pub mod image;
+pub mod provisioner;
 
 use std::{
     collections::HashMap,
@@ -26,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use berth_executor::{ShimConfig, ShimEvent, ShimRequest, client};
+use berth_executor::{RootfsSource, ShimConfig, ShimEvent, ShimRequest, client};
 use berth_isolators::{
     ContainerSpec, IsolationOptions, Isolator, LaunchInfo, Limits, LimitsUpdate, NetworkMode, Usage,
 };
@@ -37,17 +39,22 @@ use tracing::{info, warn};
 pub use container::Termination;
 use container::{ContainerHandle, monitor};
 pub use error::ContainerizerError;
+use image::ImageStore;
+pub use provisioner::process::ArgvKind;
+use provisioner::{Provisioned, TaskProcess};
 
 /// What to run in a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerConfig {
     /// Container id (path-safe; checked).
     pub id: String,
-    /// argv of the workload.
+    /// argv of the workload (with an image, see `argv_kind`).
     pub argv: Vec<String>,
-    /// Environment of the workload (complete: nothing is inherited).
+    /// Environment of the workload (complete: nothing is inherited; with an image, the image's
+    /// `Env` comes first and this overrides it).
     pub env: Vec<(String, String)>,
-    /// Working directory inside the container; the sandbox when `None`.
+    /// Working directory inside the container; when `None`, the sandbox (native containers) or
+    /// the image's `WorkingDir`, else `/` (image containers).
     pub cwd: Option<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
@@ -58,6 +65,13 @@ pub struct ContainerConfig {
     /// Isolation choices (capabilities, seccomp, volumes, user namespace, ...).
     #[serde(default)]
     pub options: IsolationOptions,
+    /// The image the container's root filesystem is made of (a reference, pulled into the
+    /// image store when absent); `None`: the host's root (a native container).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// With an image: whether `argv` is the whole command or the Entrypoint's arguments.
+    #[serde(default)]
+    pub argv_kind: ArgvKind,
 }
 
 /// Where the containerizer keeps its files, and which shim binary it runs.
@@ -103,6 +117,7 @@ pub enum Recovered {
 pub struct Containerizer {
     paths: ContainerizerPaths,
     isolators: Vec<Arc<dyn Isolator>>,
+    images: Option<Arc<ImageStore>>,
     containers: Mutex<HashMap<String, Arc<ContainerHandle>>>,
 }
 
@@ -121,8 +136,20 @@ impl Containerizer {
         Ok(Self {
             paths,
             isolators,
+            images: None,
             containers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Uses `store` for image containers (without one, a config with an image fails to launch).
+    pub fn with_image_store(mut self, store: Arc<ImageStore>) -> Self {
+        self.images = Some(store);
+        self
+    }
+
+    /// The image store, if any.
+    pub fn image_store(&self) -> Option<&Arc<ImageStore>> {
+        self.images.as_ref()
     }
 
     /// The sandbox directory of a container.
@@ -158,7 +185,7 @@ impl Containerizer {
     /// On any failure everything made so far is removed again before the error is returned.
     pub async fn launch(&self, config: ContainerConfig) -> Result<Launched, ContainerizerError> {
         berth_isolators::validate_container_id(&config.id)?;
-        if config.argv.is_empty() {
+        if config.argv.is_empty() && config.image.is_none() {
             return Err(ContainerizerError::EmptyCommand(config.id));
         }
         if self
@@ -193,7 +220,27 @@ impl Containerizer {
                 source,
             })?;
         }
-        // 2. Every isolator prepares; their launch needs are merged for the shim.
+        // 2. The image, if any: pulled, leased, unpacked, merged with the task's command.
+        let image = match &config.image {
+            Some(reference) => {
+                let task = TaskProcess {
+                    argv: &config.argv,
+                    kind: config.argv_kind,
+                    env: &config.env,
+                    cwd: config.cwd.as_deref(),
+                };
+                let provisioned =
+                    provisioner::provision(self.images.as_ref(), &id, reference, &sandbox, task)
+                        .await
+                        .map_err(|source| ContainerizerError::Provision {
+                            id: id.clone(),
+                            source: Box::new(source),
+                        })?;
+                Some(provisioned)
+            }
+            None => None,
+        };
+        // 3. Every isolator prepares; their launch needs are merged for the shim.
         let spec = ContainerSpec {
             id: id.clone(),
             limits: config.limits,
@@ -201,6 +248,7 @@ impl Containerizer {
             hostname: config.hostname.clone(),
             sandbox: sandbox.clone(),
             options: config.options.clone(),
+            image: image.as_ref().map(|p| p.rootfs.clone()),
         };
         let mut launch_info = LaunchInfo::default();
         for isolator in &self.isolators {
@@ -214,12 +262,31 @@ impl Containerizer {
                 })?;
             launch_info.merge(info);
         }
-        // 3. The shim clones the workload into its namespaces; the workload waits for Start.
+        let (argv, mut env, cwd) = match image {
+            Some(Provisioned {
+                argv,
+                env,
+                cwd,
+                user,
+                ..
+            }) => {
+                let overlay = launch_info
+                    .filesystem
+                    .as_ref()
+                    .is_some_and(|fs| matches!(fs.source, RootfsSource::Overlay { .. }));
+                if !overlay {
+                    return Err(ContainerizerError::ImageNeedsFilesystem(id));
+                }
+                launch_info.user = user;
+                (argv, env, Some(cwd))
+            }
+            None => (config.argv, config.env, config.cwd),
+        };
+        // 4. The shim clones the workload into its namespaces; the workload waits for Start.
         let sandbox_seen = launch_info
             .sandbox_in_container
             .clone()
             .unwrap_or_else(|| sandbox.clone());
-        let mut env = config.env;
         if launch_info.sandbox_in_container.is_some() {
             let seen = sandbox_seen.display().to_string();
             for (key, value) in env.iter_mut() {
@@ -231,9 +298,9 @@ impl Containerizer {
         let security = launch_info.security_plan();
         let shim_config = ShimConfig {
             container_id: id.clone(),
-            argv: config.argv,
+            argv,
             env,
-            cwd: Some(config.cwd.unwrap_or(sandbox_seen)),
+            cwd: Some(cwd.unwrap_or(sandbox_seen)),
             namespaces: launch_info
                 .namespaces
                 .iter()
@@ -270,7 +337,7 @@ impl Containerizer {
             .lock()
             .expect("containers lock")
             .insert(id.clone(), handle);
-        // 4. Isolate the blocked workload (cgroup attach) before it execs.
+        // 5. Isolate the blocked workload (cgroup attach) before it execs.
         for isolator in &self.isolators {
             isolator
                 .isolate(&id, ready.pid)
@@ -281,7 +348,7 @@ impl Containerizer {
                     source,
                 })?;
         }
-        // 5. Release the workload and follow the shim until it exits.
+        // 6. Release the workload and follow the shim until it exits.
         let mut shim = client::ShimClient::connect(&state_dir)
             .await
             .map_err(|source| ContainerizerError::Shim {
@@ -370,6 +437,7 @@ impl Containerizer {
 
     async fn cleanup(&self, id: &str) -> Result<(), ContainerizerError> {
         let isolators = self.isolators.clone();
+        let images = self.images.clone();
         let owned_id = id.to_string();
         let result = tokio::task::spawn_blocking(move || {
             let mut first_error = None;
@@ -385,6 +453,10 @@ impl Containerizer {
                         source,
                     });
                 }
+            }
+            // Every process of the container is gone now: its image may be collected.
+            if let Err(err) = provisioner::release(images.as_ref(), &owned_id) {
+                warn!(container_id = %owned_id, error = %err, "releasing the image lease");
             }
             first_error.map_or(Ok(()), Err)
         })
@@ -476,6 +548,19 @@ impl Containerizer {
                 warn!(container_id = %id, "destroying unknown container found in the runtime dir");
                 if let Err(err) = self.destroy(&id).await {
                     warn!(container_id = %id, error = %err, "destroying unknown container");
+                }
+            }
+        }
+        // Image leases of containers that no longer exist (a crash between lease and launch).
+        if let Some(store) = &self.images {
+            let holders = store.lease_holders().unwrap_or_else(|err| {
+                warn!(error = %err, "listing image leases");
+                Vec::new()
+            });
+            for holder in holders.iter().filter(|h| !known.contains(h)) {
+                info!(container_id = %holder, "releasing the image lease of an unknown container");
+                if let Err(err) = store.release(holder) {
+                    warn!(container_id = %holder, error = %err, "releasing an image lease");
                 }
             }
         }

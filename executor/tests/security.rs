@@ -69,6 +69,7 @@ fn plan(options: IsolationOptions) -> SecurityPlan {
         hostname: "sec-test".into(),
         sandbox: "/tmp".into(),
         options,
+        image: None,
     };
     let isolators: Vec<Box<dyn Isolator>> = vec![
         Box::new(CapabilitiesIsolator::new(Path::new("/proc"))),
@@ -231,6 +232,7 @@ async fn capability_outside_the_agents_bounding_set_is_refused_at_prepare() {
         hostname: "h".into(),
         sandbox: "/tmp".into(),
         options: o,
+        image: None,
     };
     let res = CapabilitiesIsolator::new(Path::new("/proc")).prepare(&spec);
     if own_caps("CapBnd") & (1 << 24) == 0 {

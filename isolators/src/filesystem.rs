@@ -12,6 +12,11 @@
 //! - the sandbox at [`SANDBOX_IN_CONTAINER`], then the task's volumes, whose sources are
 //!   checked here and whose destinations the init resolves inside the new root, so symlinks
 //!   can never make a mount land outside it.
+//!
+//! An image container (`ContainerSpec::image`) gets an overlay of the image's layers instead
+//! (writable: the upper dir is in its sandbox), the same kernel filesystems, `/dev`, masks and
+//! volumes, and generated `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`; its `/tmp` and
+//! `/run` are the image's, and no host directory needs hiding (see the `image` submodule).
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
@@ -154,56 +159,10 @@ impl FilesystemIsolator {
     /// The plan for `spec` (checks its volumes and devices; creates nothing).
     pub fn plan(&self, spec: &ContainerSpec) -> Result<FilesystemPlan, IsolatorError> {
         validate_container_id(&spec.id)?;
-        let userns = spec.options.user_namespace;
-        let mut devpts = vec![
-            "nosuid",
-            "noexec",
-            "newinstance",
-            "ptmxmode=0666",
-            "mode=0620",
-        ];
-        if !userns {
-            // The tty group; not mapped in a user namespace.
-            devpts.push("gid=5");
+        if let Some(image) = &spec.image {
+            return self.image_plan(spec, image);
         }
-        let mut mounts = vec![
-            mount(
-                "/proc",
-                "proc",
-                Some(Path::new("proc")),
-                &["nosuid", "noexec", "nodev"],
-            ),
-            mount("/dev/pts", "devpts", Some(Path::new("devpts")), &devpts),
-            mount(
-                "/dev/shm",
-                "tmpfs",
-                Some(Path::new("shm")),
-                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            ),
-            mount(
-                "/dev/mqueue",
-                "mqueue",
-                Some(Path::new("mqueue")),
-                &["nosuid", "noexec", "nodev"],
-            ),
-        ];
-        // A sysfs shows the network devices of the mounter's network namespace (and cannot be
-        // mounted in a user namespace without one): with host networking, the host's /sys.
-        if spec.network == NetworkMode::Host {
-            mounts.push(mount(
-                "/sys",
-                "bind",
-                Some(Path::new("/sys")),
-                &["rbind", "ro", "nosuid", "noexec", "nodev"],
-            ));
-        } else {
-            mounts.push(mount(
-                "/sys",
-                "sysfs",
-                Some(Path::new("sysfs")),
-                &["ro", "nosuid", "noexec", "nodev"],
-            ));
-        }
+        let mut mounts = kernel_mounts(spec);
         mounts.push(mount(
             "/tmp",
             "tmpfs",
@@ -377,6 +336,62 @@ impl FilesystemIsolator {
     }
 }
 
+/// The kernel filesystems every container gets: a new /proc, a private devpts, /dev/shm,
+/// /dev/mqueue, and /sys read-only.
+fn kernel_mounts(spec: &ContainerSpec) -> Vec<MountSpec> {
+    let userns = spec.options.user_namespace;
+    let mut devpts = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
+    if !userns {
+        // The tty group; not mapped in a user namespace.
+        devpts.push("gid=5");
+    }
+    let mut mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            Some(Path::new("proc")),
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/dev/pts", "devpts", Some(Path::new("devpts")), &devpts),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            Some(Path::new("shm")),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Some(Path::new("mqueue")),
+            &["nosuid", "noexec", "nodev"],
+        ),
+    ];
+    // A sysfs shows the network devices of the mounter's network namespace (and cannot be
+    // mounted in a user namespace without one): with host networking, the host's /sys.
+    if spec.network == NetworkMode::Host {
+        mounts.push(mount(
+            "/sys",
+            "bind",
+            Some(Path::new("/sys")),
+            &["rbind", "ro", "nosuid", "noexec", "nodev"],
+        ));
+    } else {
+        mounts.push(mount(
+            "/sys",
+            "sysfs",
+            Some(Path::new("sysfs")),
+            &["ro", "nosuid", "noexec", "nodev"],
+        ));
+    }
+    mounts
+}
+
 /// The absolute path of `rel` inside `sandbox`, looked up without leaving it.
 fn resolve_in_sandbox(sandbox: &Path, rel: &Path) -> Result<PathBuf, String> {
     let root =
@@ -442,7 +457,13 @@ impl Isolator for FilesystemIsolator {
         let plan = self.plan(spec)?;
         std::fs::create_dir_all(&plan.root)
             .map_err(|e| io_err(format!("create {}", plan.root.display()), e))?;
-        self.create_mount_points(&plan)?;
+        if spec.image.is_some() {
+            // Mount points are made by the init in the overlay (its upper dir), never on the
+            // host; the /etc files the plan binds are generated now.
+            self.write_etc_files(spec)?;
+        } else {
+            self.create_mount_points(&plan)?;
+        }
         debug!(container_id = %spec.id, rootfs = %plan.root.display(), mounts = plan.mounts.len(),
             "filesystem plan ready");
         Ok(LaunchInfo {
@@ -473,5 +494,6 @@ impl Isolator for FilesystemIsolator {
     }
 }
 
+mod image;
 #[cfg(test)]
 mod tests;

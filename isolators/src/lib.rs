@@ -39,8 +39,8 @@ pub mod userns;
 use std::path::PathBuf;
 
 pub use berth_executor::{
-    CapabilitySets, DeviceSpec, FilesystemPlan, IdMapRange, IdMaps, MountSpec, RlimitSpec,
-    SecurityPlan,
+    CapabilitySets, DeviceSpec, FilesystemPlan, IdMapRange, IdMaps, MountSpec, ProcessUser,
+    RlimitSpec, SecurityPlan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +224,26 @@ pub struct ContainerSpec {
     /// Isolation choices (capabilities, seccomp, volumes, ...).
     #[serde(default)]
     pub options: IsolationOptions,
+    /// The image the container's root is made of; `None`: a native container (the host's root).
+    #[serde(default)]
+    pub image: Option<ImageRootfs>,
+}
+
+/// Where, in a container's sandbox, the containerizer keeps what an image container's root
+/// filesystem needs (overlay upper and work dirs, generated `/etc` files). Hidden from the
+/// container.
+pub const IMAGE_ROOTFS_DIR: &str = ".rootfs";
+
+/// An image container's root filesystem: an overlay of the image's unpacked layers with a
+/// writable upper directory of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootfs {
+    /// Unpacked layer directories, bottom to top.
+    pub layers: Vec<PathBuf>,
+    /// The overlay's upper directory (the container's writes), in the sandbox.
+    pub upper: PathBuf,
+    /// The overlay's work directory, on the same filesystem as `upper`.
+    pub work: PathBuf,
 }
 
 /// A Linux namespace kind a container can be placed in.
@@ -268,6 +288,9 @@ pub struct LaunchInfo {
     pub seccomp: Option<Vec<berth_executor::BpfInstruction>>,
     /// Resource limits (rlimits isolator).
     pub rlimits: Vec<RlimitSpec>,
+    /// The user the workload runs as (an image's `User`); `None` keeps root.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
 }
 
 impl LaunchInfo {
@@ -306,6 +329,9 @@ impl LaunchInfo {
             self.seccomp = other.seccomp;
         }
         self.rlimits.extend(other.rlimits);
+        if other.user.is_some() {
+            self.user = other.user;
+        }
     }
 
     /// The part the shim applies right before `execve`.
@@ -315,7 +341,7 @@ impl LaunchInfo {
             capabilities: self.capabilities.clone(),
             seccomp: self.seccomp.clone(),
             rlimits: self.rlimits.clone(),
-            user: None,
+            user: self.user.clone(),
         }
     }
 }

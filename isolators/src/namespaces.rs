@@ -53,6 +53,7 @@ mod tests {
             hostname: "c1".into(),
             sandbox: std::path::PathBuf::from("/nonexistent"),
             options: Default::default(),
+            image: None,
         }
     }
 

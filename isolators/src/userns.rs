@@ -332,6 +332,7 @@ mod tests {
                 user_namespace,
                 ..Default::default()
             },
+            image: None,
         }
     }
 

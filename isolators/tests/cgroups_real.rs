@@ -251,6 +251,7 @@ fn v2_busy_own_cgroup_is_refused_with_an_explanation() {
             hostname: "c".into(),
             sandbox: std::path::PathBuf::from("/nonexistent"),
             options: Default::default(),
+            image: None,
         };
         iso.prepare(&spec)
     });

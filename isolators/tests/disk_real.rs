@@ -46,6 +46,7 @@ fn spec(id: &str, sandbox: &Path, disk_bytes: u64) -> ContainerSpec {
         hostname: id.into(),
         sandbox: sandbox.to_path_buf(),
         options: Default::default(),
+        image: None,
     }
 }
 

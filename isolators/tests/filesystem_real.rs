@@ -126,6 +126,7 @@ impl Agent {
             hostname: id.into(),
             sandbox,
             options,
+            image: None,
         }
     }
 

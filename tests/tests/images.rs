@@ -14,19 +14,38 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::fs::{FileTypeExt, MetadataExt},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use berth_tests::{Output, Value, berth_no_agent, scaled};
+use berth_tests::{
+    Value,
+    images::{
+        LayerBuilder, Registry, TestImage, berth_image, files_in, image_of, skopeo_push,
+        tar_header, temp_dir,
+    },
+};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+
+/// Layer 1: busybox-static with a few applet symlinks and /etc/hello; layer 2: deletes
+/// /etc/hello (a whiteout) and adds /etc/motd.
+fn busybox_image() -> TestImage {
+    let l1 = LayerBuilder::new()
+        .busybox(&["sh", "ls", "cat", "true"])
+        .file("etc/hello", b"hello\n", 0o644)
+        .finish();
+    let l2 = LayerBuilder::new()
+        .dir("etc", 0o755, 0, 0)
+        .file("etc/.wh.hello", b"", 0o644)
+        .file("etc/motd", b"hi!\n", 0o644)
+        .finish();
+    image_of(&[l1, l2])
+}
 
 // ---------------------------------------------------------------------------------------------
 // environment
@@ -46,281 +65,10 @@ fn require_root() -> bool {
 }
 
 /// The path of `program`, or a failure naming the Debian package that provides it.
-fn require_program(program: &str, package: &str) -> PathBuf {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/bin", "/bin"])
-    {
-        let candidate = Path::new(dir).join(program);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "`{program}` is not installed: install the Debian package `{package}` \
-         (bash tests/install-deps.sh does)"
-    );
-}
-
-fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("berth-test-{}-{tag}-", std::process::id()))
-        .tempdir_in("/tmp")
-        .unwrap()
-}
-
-fn sha256(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn berth_image(work: &Path, args: &[&str]) -> Output {
-    let mut full = vec!["image", "--work-dir", work.to_str().unwrap()];
-    full.extend_from_slice(args);
-    berth_no_agent(&full)
-}
-
 fn listed(work: &Path) -> Vec<Value> {
     let out = berth_image(work, &["ls", "--json"]);
     out.assert_success();
     out.json().as_array().cloned().unwrap_or_default()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// an OCI image layout written by the test
-// ---------------------------------------------------------------------------------------------
-
-/// One image's blobs, by digest, plus the documents' digests.
-#[derive(Clone)]
-struct TestImage {
-    blobs: HashMap<String, Vec<u8>>,
-    manifest: String,
-    config: String,
-    layers: Vec<String>,
-    diff_ids: Vec<String>,
-}
-
-fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(size);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(1_700_000_000);
-    header
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
-}
-
-/// Layer 1: busybox-static with a few applet symlinks and /etc/hello; layer 2: deletes
-/// /etc/hello (a whiteout) and adds /etc/motd.
-fn busybox_image() -> TestImage {
-    let busybox_path = require_program("busybox", "busybox-static");
-    let busybox = fs::read(&busybox_path).unwrap();
-    let mut l1 = tar::Builder::new(Vec::new());
-    for dir in ["bin", "etc"] {
-        let mut h = tar_header(tar::EntryType::Directory, 0, 0o755);
-        l1.append_data(&mut h, dir, &[][..]).unwrap();
-    }
-    let mut h = tar_header(tar::EntryType::Regular, busybox.len() as u64, 0o755);
-    l1.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
-    for applet in ["sh", "ls", "cat", "true"] {
-        let mut h = tar_header(tar::EntryType::Symlink, 0, 0o777);
-        l1.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
-    }
-    let mut h = tar_header(tar::EntryType::Regular, 6, 0o644);
-    l1.append_data(&mut h, "etc/hello", &b"hello\n"[..])
-        .unwrap();
-    let l1 = l1.into_inner().unwrap();
-
-    let mut l2 = tar::Builder::new(Vec::new());
-    let mut h = tar_header(tar::EntryType::Directory, 0, 0o755);
-    l2.append_data(&mut h, "etc", &[][..]).unwrap();
-    let mut h = tar_header(tar::EntryType::Regular, 0, 0o644);
-    l2.append_data(&mut h, "etc/.wh.hello", &[][..]).unwrap();
-    let mut h = tar_header(tar::EntryType::Regular, 4, 0o644);
-    l2.append_data(&mut h, "etc/motd", &b"hi!\n"[..]).unwrap();
-    let l2 = l2.into_inner().unwrap();
-    image_of(&[l1, l2])
-}
-
-fn image_of(tars: &[Vec<u8>]) -> TestImage {
-    let mut blobs = HashMap::new();
-    let mut layer_descs = Vec::new();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for tar in tars {
-        let blob = gzip(tar);
-        let digest = sha256(&blob);
-        layer_descs.push(
-            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                "digest": digest, "size": blob.len()}),
-        );
-        diff_ids.push(sha256(tar));
-        layers.push(digest.clone());
-        blobs.insert(digest, blob);
-    }
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    let config_digest = sha256(&config);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config.len()},
-        "layers": layer_descs,
-    }))
-    .unwrap();
-    let manifest_digest = sha256(&manifest);
-    blobs.insert(config_digest.clone(), config);
-    blobs.insert(manifest_digest.clone(), manifest);
-    TestImage {
-        blobs,
-        manifest: manifest_digest,
-        config: config_digest,
-        layers,
-        diff_ids,
-    }
-}
-
-impl TestImage {
-    /// Writes the image as an OCI layout at `dir` with ref name `tag`.
-    fn write_layout(&self, dir: &Path, tag: &str) {
-        let blob_dir = dir.join("blobs/sha256");
-        fs::create_dir_all(&blob_dir).unwrap();
-        for (digest, data) in &self.blobs {
-            fs::write(blob_dir.join(&digest["sha256:".len()..]), data).unwrap();
-        }
-        let index = json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": self.manifest, "size": self.blobs[&self.manifest].len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-        fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    }
-
-    fn layer_dir(&self, work: &Path, i: usize) -> PathBuf {
-        work.join("images/layers")
-            .join(&self.diff_ids[i]["sha256:".len()..])
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// a real docker-registry on 127.0.0.1
-// ---------------------------------------------------------------------------------------------
-
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        let program = require_program("docker-registry", "docker-registry");
-        let dir = temp_dir("registry");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(program)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let registry = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + scaled(Duration::from_secs(30));
-        loop {
-            let up =
-                berth_tests::http_request(addr, "GET", "/v2/", None, b"", Duration::from_secs(2))
-                    .is_ok_and(|r| r.status == 200);
-            if up {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not come up on {addr}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
-    let program = require_program("skopeo", "skopeo");
-    let policy_dir = temp_dir("policy");
-    let policy = policy_dir.path().join("policy.json");
-    fs::write(
-        &policy,
-        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .unwrap();
-    let out = Command::new(program)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .expect("running skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

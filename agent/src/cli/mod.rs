@@ -105,8 +105,12 @@ pub struct RunArgs {
     /// Isolation: limits beyond cpus/mem, capabilities, seccomp, volumes, user namespace.
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    /// Run in this image's root filesystem (pulled by the agent when absent); the command
+    /// then replaces the image's Cmd and may be omitted (its Entrypoint and Cmd run).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// The command and its arguments (run directly, not through a shell).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -127,6 +131,7 @@ impl RunArgs {
                 seccomp: "default".into(),
                 ..Default::default()
             },
+            image: None,
             command: vec!["/bin/sh".into(), "-c".into(), shell_command.into()],
         }
     }
@@ -249,6 +254,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["berth", "run", "--mem", "-5", "--", "true"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth", "run"]).is_err(),
+            "no command, no image"
+        );
+        match Cli::try_parse_from(["berth", "run", "--image", "busybox"])
+            .unwrap()
+            .command
+        {
+            Command::Run(args) => {
+                assert_eq!(args.image.as_deref(), Some("busybox"));
+                assert!(args.command.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(Cli::try_parse_from(["berth", "run", "--bogus", "--", "true"]).is_err());
     }
 }

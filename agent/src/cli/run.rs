@@ -216,8 +216,13 @@ impl Session {
 
     fn task_info(&self, agent_id: mesos::AgentId) -> mesos::TaskInfo {
         let args = &self.args;
+        // With an image, the command is arguments only (shell=false, no value): it replaces
+        // the image's Cmd and keeps its Entrypoint, as `docker run IMAGE CMD...` does.
         let mut command = mesos::CommandInfo {
-            value: Some(args.command[0].clone()),
+            value: match &args.image {
+                Some(_) => None,
+                None => args.command.first().cloned(),
+            },
             arguments: args.command.clone(),
             shell: Some(false),
             ..Default::default()
@@ -250,6 +255,14 @@ impl Session {
             ..Default::default()
         };
         container.set_type(mesos::container_info::Type::Mesos);
+        if let Some(name) = &args.image {
+            let mut image = mesos::Image {
+                docker: Some(mesos::image::Docker { name: name.clone() }),
+                ..Default::default()
+            };
+            image.set_type(mesos::image::Type::Docker);
+            container.mesos = Some(mesos::container_info::MesosInfo { image: Some(image) });
+        }
         // Checked before the framework subscribed (see `run`), so this cannot fail here.
         let _ = args.isolation.apply(&mut container, &mut labels_list);
         mesos::TaskInfo {

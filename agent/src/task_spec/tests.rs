@@ -183,3 +183,109 @@ fn seccomp_profile_files_are_read_safely() {
     let missing = read_seccomp_profile("nope.json", Some(dir.path())).unwrap_err();
     assert!(missing.contains("nope.json"), "{missing}");
 }
+
+fn image_container(kind: mesos::image::Type, name: &str) -> mesos::ContainerInfo {
+    let mut image = mesos::Image::default();
+    image.set_type(kind);
+    match kind {
+        mesos::image::Type::Docker => {
+            image.docker = Some(mesos::image::Docker { name: name.into() })
+        }
+        mesos::image::Type::Appc => {
+            image.appc = Some(mesos::image::Appc {
+                name: name.into(),
+                ..Default::default()
+            })
+        }
+    }
+    let mut container = mesos::ContainerInfo {
+        mesos: Some(mesos::container_info::MesosInfo { image: Some(image) }),
+        ..Default::default()
+    };
+    container.set_type(mesos::container_info::Type::Mesos);
+    container
+}
+
+#[test]
+fn images_come_from_mesos_container_info() {
+    let docker = task_with(
+        &[],
+        Some(image_container(mesos::image::Type::Docker, "busybox")),
+    );
+    assert_eq!(image_of(&docker).unwrap().as_deref(), Some("busybox"));
+    let appc = task_with(
+        &[],
+        Some(image_container(mesos::image::Type::Appc, "r/app:1")),
+    );
+    assert_eq!(image_of(&appc).unwrap().as_deref(), Some("r/app:1"));
+    let unnamed = task_with(&[], Some(image_container(mesos::image::Type::Docker, " ")));
+    assert!(image_of(&unnamed).unwrap_err().contains("without a name"));
+    assert_eq!(image_of(&task_with(&[], None)).unwrap(), None);
+    let mut docker_type = image_container(mesos::image::Type::Docker, "busybox");
+    docker_type.set_type(mesos::container_info::Type::Docker);
+    let err = image_of(&task_with(&[], Some(docker_type))).unwrap_err();
+    assert!(err.contains("DOCKER"), "{err}");
+}
+
+#[test]
+fn commands_follow_mesos_command_info() {
+    let with = |command: Option<mesos::CommandInfo>| mesos::TaskInfo {
+        command,
+        ..task_with(&[], None)
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // shell (the default): /bin/sh -c, whatever the image
+    let shell = with(Some(mesos::CommandInfo {
+        value: Some("echo hi".into()),
+        ..Default::default()
+    }));
+    for image in [false, true] {
+        assert_eq!(
+            command_of(&shell, image).unwrap(),
+            (strings(&["/bin/sh", "-c", "echo hi"]), ArgvKind::Command)
+        );
+    }
+    // shell=false with a value: the arguments (or the value alone)
+    let exec = with(Some(mesos::CommandInfo {
+        value: Some("/bin/echo".into()),
+        arguments: strings(&["echo", "a"]),
+        shell: Some(false),
+        ..Default::default()
+    }));
+    assert_eq!(
+        command_of(&exec, true).unwrap(),
+        (strings(&["echo", "a"]), ArgvKind::Command)
+    );
+    // shell=false, no value: arguments for the image's Entrypoint
+    let args = with(Some(mesos::CommandInfo {
+        arguments: strings(&["-v"]),
+        shell: Some(false),
+        ..Default::default()
+    }));
+    assert_eq!(
+        command_of(&args, true).unwrap(),
+        (strings(&["-v"]), ArgvKind::Arguments)
+    );
+    assert_eq!(
+        command_of(&args, false).unwrap(),
+        (strings(&["-v"]), ArgvKind::Command)
+    );
+    // no command: the image's defaults; an error without an image
+    assert_eq!(
+        command_of(&with(None), true).unwrap(),
+        (vec![], ArgvKind::Arguments)
+    );
+    assert!(command_of(&with(None), false).is_err());
+    let empty = with(Some(mesos::CommandInfo {
+        shell: Some(false),
+        ..Default::default()
+    }));
+    assert_eq!(
+        command_of(&empty, true).unwrap(),
+        (vec![], ArgvKind::Arguments)
+    );
+    assert!(command_of(&empty, false).is_err());
+    // a shell without a value is an error, image or not
+    let bad = with(Some(mesos::CommandInfo::default()));
+    assert!(command_of(&bad, true).is_err());
+}

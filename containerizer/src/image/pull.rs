@@ -95,14 +95,17 @@ impl ImageStore {
         info!(image = %reference, digest = %digest, layers = manifest.layers().len(), "pulling");
 
         let concurrency = options.concurrency.max(1);
-        futures::stream::iter(
-            blobs
-                .iter()
-                .map(|(blob, size)| self.fetch_blob(&client, blob, *size, progress)),
-        )
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
+        // The downloads are collected first: a stream over a `map` closure would make this
+        // future not provably `Send` (rustc's higher-ranked closure lifetimes), and the agent
+        // pulls from a spawned task.
+        let downloads: Vec<_> = blobs
+            .iter()
+            .map(|(blob, size)| self.fetch_blob(&client, blob, *size, progress))
+            .collect();
+        futures::stream::iter(downloads)
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
 
         let stored = self.write_blob(&manifest_bytes, &format!("manifest of {reference}"))?;
         digest.verify("manifest", &stored)?;

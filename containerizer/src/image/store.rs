@@ -511,6 +511,36 @@ impl ImageStore {
     pub fn rootfs_layers(&self, name: &str) -> Result<Vec<PathBuf>, ImageError> {
         let _lock = self.lock_shared()?;
         let doc = self.image_doc(name)?;
+        self.unpack_layers(&doc)
+    }
+
+    /// [`rootfs_layers`](Self::rootfs_layers) of the image whose manifest is `digest`, named
+    /// in the index or not (an image a container leased keeps working after `rm`).
+    pub fn rootfs_layers_by_digest(&self, digest: &Sha256) -> Result<Vec<PathBuf>, ImageError> {
+        let _lock = self.lock_shared()?;
+        let doc = self.doc_by_digest(digest)?;
+        self.unpack_layers(&doc)
+    }
+
+    /// The image config of the image whose manifest is `digest`, named in the index or not.
+    pub fn config_by_digest(&self, digest: &Sha256) -> Result<ImageConfiguration, ImageError> {
+        Ok(self.doc_by_digest(digest)?.config)
+    }
+
+    fn doc_by_digest(&self, digest: &Sha256) -> Result<ImageDoc, ImageError> {
+        let (manifest, config_digest, config) = self.read_image(digest)?;
+        Ok(ImageDoc {
+            name: digest.to_string(),
+            entry_source: String::new(),
+            added: 0,
+            manifest_digest: digest.clone(),
+            manifest,
+            config_digest,
+            config,
+        })
+    }
+
+    fn unpack_layers(&self, doc: &ImageDoc) -> Result<Vec<PathBuf>, ImageError> {
         let mut dirs = Vec::new();
         for (layer, diff_id) in doc
             .manifest
@@ -596,6 +626,19 @@ impl ImageStore {
             });
         }
         Ok(self.lease_dir().join(holder))
+    }
+
+    /// The holders (container ids) of every lease.
+    pub fn lease_holders(&self) -> Result<Vec<String>, ImageError> {
+        let dir = self.lease_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        Ok(read_dir(&dir)?
+            .into_iter()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|holder| !holder.starts_with('.'))
+            .collect())
     }
 
     /// (holder, manifest digest) of every lease.

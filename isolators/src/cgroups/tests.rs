@@ -34,6 +34,7 @@ pub(super) fn spec(id: &str, cpus: f64, mem: u64, pids: Option<u64>) -> Containe
         hostname: id.into(),
         sandbox: std::path::PathBuf::from("/nonexistent"),
         options: Default::default(),
+        image: None,
     }
 }
 

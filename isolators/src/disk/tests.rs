@@ -112,6 +112,7 @@ fn spec(id: &str, sandbox: &Path, disk_bytes: Option<u64>) -> ContainerSpec {
         hostname: id.into(),
         sandbox: sandbox.to_path_buf(),
         options: Default::default(),
+        image: None,
     }
 }
 

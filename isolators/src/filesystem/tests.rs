@@ -40,6 +40,7 @@ impl Fixture {
             hostname: "c1".into(),
             sandbox: self.sandbox.clone(),
             options,
+            image: None,
         }
     }
 
@@ -323,4 +324,126 @@ fn resolv_conf_pointing_into_run_is_carried_over() {
     let resolv = d.iter().position(|x| x.contains("resolv")).unwrap();
     assert!(run < resolv);
     berth_executor::shim::rootfs::PreparedFs::from_plan(&plan).unwrap();
+}
+
+impl Fixture {
+    fn image_spec(&self, options: IsolationOptions) -> ContainerSpec {
+        let layers = (1..=3)
+            .map(|i| self.base.join(format!("layers/l{i}")))
+            .collect();
+        ContainerSpec {
+            image: Some(crate::ImageRootfs {
+                layers,
+                upper: self.sandbox.join(".rootfs/upper"),
+                work: self.sandbox.join(".rootfs/work"),
+            }),
+            ..self.spec(options)
+        }
+    }
+}
+
+#[test]
+fn image_plan_is_an_overlay_with_its_own_etc_files() {
+    let f = fixture();
+    let data = f.base.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let spec = f.image_spec(IsolationOptions {
+        volumes: vec![vol(data.to_str().unwrap(), "/data", true)],
+        ..Default::default()
+    });
+    let plan = f.iso.plan(&spec).unwrap();
+    assert_eq!(plan.root, f.base.join("run/c1/rootfs"));
+    assert_eq!(
+        plan.source,
+        RootfsSource::Overlay {
+            // top-most first
+            lower: (1..=3)
+                .rev()
+                .map(|i| f.base.join(format!("layers/l{i}")))
+                .collect(),
+            upper: f.sandbox.join(".rootfs/upper"),
+            work: f.sandbox.join(".rootfs/work"),
+        }
+    );
+    assert!(
+        !plan.readonly,
+        "an image's root is writable (its upper dir)"
+    );
+    // No /tmp or /run tmpfs, no hidden host dirs; generated /etc files, the sandbox with its
+    // .rootfs hidden, then the volumes.
+    assert_eq!(
+        dests(&plan),
+        vec![
+            "/proc",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/sys",
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            SANDBOX_IN_CONTAINER,
+            "/mnt/mesos/sandbox/.rootfs",
+            "/data",
+        ]
+    );
+    let by = |d: &str| plan.mounts.iter().find(|m| m.destination == d).unwrap();
+    assert_eq!(
+        by("/etc/hosts").source.as_deref(),
+        Some(f.sandbox.join(".rootfs/etc/hosts").as_path())
+    );
+    let mask = by("/mnt/mesos/sandbox/.rootfs");
+    assert_eq!(mask.kind, "tmpfs");
+    assert!(mask.options.contains(&"ro".to_string()));
+    assert!(plan.masked_paths.contains(&"/proc/kcore".to_string()));
+    assert_eq!(plan.devices.len(), DEFAULT_DEVICES.len());
+    berth_executor::shim::rootfs::PreparedFs::from_plan(&plan).unwrap();
+}
+
+#[test]
+fn image_prepare_writes_etc_files_and_touches_no_host_path() {
+    let f = fixture();
+    let host = f.base.join("host");
+    std::fs::create_dir_all(host.join("etc")).unwrap();
+    std::fs::write(host.join("etc/resolv.conf"), "nameserver 10.9.8.7\n").unwrap();
+    let data = f.base.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let spec = f.image_spec(IsolationOptions {
+        volumes: vec![vol(data.to_str().unwrap(), "/data/v", false)],
+        ..Default::default()
+    });
+    let info = f.iso.prepare(&spec).unwrap();
+    assert!(info.filesystem.is_some());
+    let etc = f.sandbox.join(".rootfs/etc");
+    assert_eq!(
+        std::fs::read_to_string(etc.join("hostname")).unwrap(),
+        "c1\n"
+    );
+    assert!(
+        std::fs::read_to_string(etc.join("hosts"))
+            .unwrap()
+            .contains("\tc1\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+        "nameserver 10.9.8.7\n"
+    );
+    // Mount points live in the overlay, made by the init: nothing in the host's root.
+    assert!(!host.join("mnt").exists() && !host.join("data").exists());
+    f.iso.cleanup("c1").unwrap();
+}
+
+#[test]
+fn image_containers_refuse_what_they_cannot_do() {
+    let f = fixture();
+    let spec = f.image_spec(IsolationOptions {
+        user_namespace: true,
+        ..Default::default()
+    });
+    let err = f.iso.plan(&spec).unwrap_err().to_string();
+    assert!(err.contains("user namespaces"), "{err}");
+    let mut spec = f.image_spec(Default::default());
+    spec.image.as_mut().unwrap().layers.clear();
+    let err = f.iso.plan(&spec).unwrap_err().to_string();
+    assert!(err.contains("no layers"), "{err}");
 }

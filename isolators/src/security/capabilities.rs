@@ -324,6 +324,7 @@ mod tests {
                 cap_drop: s(drop),
                 ..Default::default()
             },
+            image: None,
         }
     }
 

@@ -327,6 +327,7 @@ mod tests {
                 hostname: "h".into(),
                 sandbox: "/tmp".into(),
                 options: Default::default(),
+                image: None,
             })
             .unwrap();
         assert_eq!(out.rlimits[0].hard, hard);

@@ -133,6 +133,7 @@ impl Env {
             hostname: id,
             sandbox: PathBuf::from("/nonexistent"),
             options,
+            image: None,
         }
     }
 

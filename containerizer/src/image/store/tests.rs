@@ -326,12 +326,25 @@ fn a_leased_image_survives_rm_and_gc_until_released() {
     assert!(store.lease("../x", "app:1").is_err());
     assert!(store.lease("ctr-2", "other").is_err());
 
+    assert_eq!(store.lease_holders().unwrap(), ["ctr-1"]);
+
     store.remove("app:1").unwrap();
     let report = store.gc().unwrap();
     assert_eq!((report.blobs_removed, report.layers_removed), (0, 0));
     assert!(dirs.iter().all(|d| d.is_dir()));
+    // the leased image stays usable by digest once its name is gone
+    assert!(matches!(
+        store.rootfs_layers("app:1"),
+        Err(ImageError::NotFound(_))
+    ));
+    assert_eq!(
+        store.rootfs_layers_by_digest(&built.manifest).unwrap(),
+        dirs
+    );
+    assert!(store.config_by_digest(&built.manifest).is_ok());
 
     store.release("ctr-1").unwrap();
+    assert!(store.lease_holders().unwrap().is_empty());
     store.release("ctr-1").unwrap();
     let report = store.gc().unwrap();
     assert_eq!((report.blobs_removed, report.layers_removed), (4, 2));

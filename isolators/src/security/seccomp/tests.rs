@@ -335,6 +335,7 @@ fn prepare_maps_the_options() {
         hostname: "h".into(),
         sandbox: "/tmp".into(),
         options: Default::default(),
+        image: None,
     };
     let li = iso.prepare(&spec).unwrap();
     assert_eq!(li.seccomp, Some(iso.default_program().unwrap()));
