@@ -6,7 +6,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::*;
+use super::{
+    proto::{ConnectRequest, ConnectResponse, ReplyHeader, WatcherEvent, xid},
+    *,
+};
 
 /// Upper bound for one step of a scripted exchange: a hang guard, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(20);
@@ -395,4 +398,48 @@ async fn tries_the_next_server_when_one_is_down() {
     let (mut s, _) = accept(&l).await;
     answer_connect(&mut s, 6000, 0x21).await;
     assert_eq!(guard(client.wait_connected(GUARD)).await.unwrap(), 0x21);
+}
+
+#[tokio::test]
+async fn close_while_disconnected_closes_the_session_on_reconnection() {
+    let (l, addr) = listener().await;
+    let client = ZkClient::start(&addr, ZkOptions::default()).unwrap();
+    let mut st = client.state();
+    let (s, _) = {
+        let (mut s, r) = accept(&l).await;
+        answer_connect(&mut s, 6000, 0x31).await;
+        (s, r)
+    };
+    wait_state(&mut st, |s| matches!(s, SessionState::Connected { .. })).await;
+    // The server goes away entirely; the client is told to close meanwhile.
+    drop(s);
+    drop(l);
+    wait_state(&mut st, |s| matches!(s, SessionState::Disconnected { .. })).await;
+    let c = client.clone();
+    let closing = tokio::spawn(async move { c.close().await });
+    // The server comes back on the same address: the client's first request closes the session.
+    let l = TcpListener::bind(&addr).await.unwrap();
+    let (mut s, req) = accept(&l).await;
+    assert_eq!(req.session_id, 0x31);
+    answer_connect(&mut s, 6000, 0x31).await;
+    let (x, opcode, _) = guard(next_request(&mut s)).await;
+    assert_eq!(opcode, op::CLOSE_SESSION);
+    reply(&mut s, x, 1, 0, &[]).await;
+    guard(closing).await.unwrap();
+    wait_state(&mut st, |s| *s == SessionState::Closed).await;
+}
+
+#[tokio::test]
+async fn close_with_no_server_ends_at_the_session_timeout() {
+    let (l, addr) = listener().await;
+    let client = ZkClient::start(&addr, ZkOptions::default()).unwrap();
+    let mut st = client.state();
+    let (mut s, _) = accept(&l).await;
+    answer_connect(&mut s, 300, 0x41).await;
+    wait_state(&mut st, |s| matches!(s, SessionState::Connected { .. })).await;
+    drop(s);
+    drop(l);
+    wait_state(&mut st, |s| matches!(s, SessionState::Disconnected { .. })).await;
+    guard(client.close()).await;
+    wait_state(&mut st, |s| *s == SessionState::Closed).await;
 }
