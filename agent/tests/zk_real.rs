@@ -382,6 +382,56 @@ async fn survives_a_zookeeper_restart() {
 }
 
 #[tokio::test]
+async fn a_lost_session_means_no_leader_until_zookeeper_returns() {
+    if !zookeeper_available() {
+        return;
+    }
+    let logs = Logs::default();
+    let _g = logs.install();
+    let mut zk = ZkServer::start();
+    let servers = zk.address();
+    let m1 = Master::join(&servers, 1, Duration::from_secs(120)).await;
+    // A short detector session: with ZooKeeper gone for longer than that, Mesos' detector
+    // expires the session locally and reports no leader.
+    let url = format!("zk://{servers}/mesos");
+    let d = detect_with(
+        &url,
+        DetectOptions {
+            zk_session_timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap();
+    let mut rx = d.leader();
+    wait_leader(&mut rx, "master1", || zk.log(), |l| is_pid(l, 1)).await;
+
+    zk.kill();
+    wait_leader(
+        &mut rx,
+        "no leader while ZooKeeper is down",
+        || zk.log(),
+        Option::is_none,
+    )
+    .await;
+    assert!(
+        logs.text()
+            .contains("no server reachable within the session timeout")
+    );
+
+    // ZooKeeper is back (the master's long session survived): a new session finds the leader.
+    zk.restart();
+    wait_leader(
+        &mut rx,
+        "master1 once ZooKeeper is back",
+        || zk.log(),
+        |l| is_pid(l, 1),
+    )
+    .await;
+    m1.client.close().await;
+    d.close().await;
+}
+
+#[tokio::test]
 async fn bad_leader_data_is_logged_and_gives_no_leader_until_it_goes() {
     if !zookeeper_available() {
         return;

@@ -102,6 +102,8 @@ struct Session {
     events: broadcast::Sender<WatchedEvent>,
 }
 
+/// Longest wait for one server's session answer.
+const MAX_HANDSHAKE: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
@@ -182,7 +184,12 @@ impl Session {
                             last_error = reason,
                             "no ZooKeeper server reachable"
                         );
-                        let wait = backoff + jitter(backoff / 2);
+                        let mut wait = backoff + jitter(backoff / 2);
+                        if let Some(t) = lost_at {
+                            // Wake up in time to expire the session locally when it is due.
+                            let due = self.negotiated.saturating_sub(t.elapsed());
+                            wait = wait.min(due.max(Duration::from_millis(10)));
+                        }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         if self.idle(wait).await {
                             self.state.send_replace(SessionState::Closed);
@@ -240,9 +247,11 @@ impl Session {
         &mut self,
         server: &ServerAddr,
     ) -> Result<Option<(OwnedReadHalf, OwnedWriteHalf)>, String> {
-        // Java's client gives each server an equal share of the session timeout.
+        // Java's client gives each server an equal share of the session timeout. Capped: a
+        // server that accepted the connection while starting may never answer it, and a long
+        // session timeout must not park the client on it.
         let step = (self.options.session_timeout / self.servers.len() as u32)
-            .max(Duration::from_millis(500));
+            .clamp(Duration::from_millis(500), MAX_HANDSHAKE);
         let addrs: Vec<SocketAddr> = tokio::time::timeout(
             step,
             tokio::net::lookup_host((server.host.as_str(), server.port)),
@@ -256,6 +265,11 @@ impl Session {
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
+        // Connecting to a loopback port nobody listens on can end up connected to itself (TCP
+        // simultaneous open on the same ephemeral port): that is not a server.
+        if stream.local_addr().ok() == Some(addr) {
+            return Err("connected to itself (no server on that port)".into());
+        }
         let _ = stream.set_nodelay(true);
         let req = ConnectRequest {
             protocol_version: 0,
