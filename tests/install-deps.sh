@@ -28,6 +28,7 @@ PKGS=(
   curl              # poking the agent's HTTP API by hand / in scripts
   ca-certificates
   docker-registry skopeo umoci # image tests: a local registry, pushing OCI layouts, the umoci unpack benchmark
+  zookeeperd        # agent/tests/zk_real.rs: ZooKeeper (and its JRE) for master leader detection
 )
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get install); try: sudo bash $0"
@@ -51,9 +52,10 @@ else
 fi
 
 # sanity checks of what the suite calls directly
-for c in qemu-system-x86_64 busybox cpio gzip xz ip jq docker-registry skopeo umoci; do
+for c in qemu-system-x86_64 busybox cpio gzip xz ip jq docker-registry skopeo umoci java; do
   command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
+[ -f /usr/share/java/zookeeper.jar ] || die "no /usr/share/java/zookeeper.jar after installing zookeeperd"
 ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || die "no /boot/vmlinuz-*-amd64 after installing linux-image-amd64"
 if ldd "$(command -v busybox)" >/dev/null 2>&1; then
   die "busybox at $(command -v busybox) is dynamically linked; the microVM needs busybox-static"

@@ -7,7 +7,7 @@
 //! - [`agent`]: tasks and their state machine; launches through the containerizer; status
 //!   updates checkpointed before they are sent and kept until acknowledged ([`status_updates`]).
 //! - [`link`]: the agent ↔ master traits; [`master`]: the embedded offer-based master and its
-//!   Mesos v1 scheduler HTTP API.
+//!   Mesos v1 scheduler HTTP API; [`mesos`]: a real Mesos master (ZooKeeper leader detection).
 //! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`.
 //! - [`cli`]: `berth run | ps | logs | kill | inspect`.
 #![warn(missing_docs)]
@@ -20,6 +20,7 @@ pub mod http;
 pub mod isolation;
 pub mod link;
 pub mod master;
+pub mod mesos;
 pub mod metrics;
 pub mod resources;
 pub mod status_updates;
