@@ -19,7 +19,7 @@
 # phase failed and ends with a summary naming them.
 #
 # Environment knobs: BERTH_SKIP_VM=1 (skip phase 5, for quick local runs; CI never sets it),
-# BERTH_VM_TIMEOUT (seconds, default 2700), BERTH_SWEEP_DRY_RUN=1 (only print what would be swept).
+# BERTH_VM_TIMEOUT (seconds, default 3600), BERTH_SWEEP_DRY_RUN=1 (only print what would be swept).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -196,7 +196,7 @@ vm_phase() {
     record vm "FAILED: isolators/tests/disk_real.rs (test binary disk_real-*) not found"
     return
   fi
-  RUST_BACKTRACE=1 tests/vm/berth-v2vm --mem 3G --cpus 2 --timeout "${BERTH_VM_TIMEOUT:-2700}" \
+  RUST_BACKTRACE=1 tests/vm/berth-v2vm --mem 3G --cpus 2 --timeout "${BERTH_VM_TIMEOUT:-3600}" \
     --modules "loop ext4 xfs quota_v2" \
     --env BERTH_TEST_CGROUP=v2 --env BERTH_TEST_TIMEOUT_SCALE=4 \
     -- bash tests/vm/guest-tests.sh "${specs[@]}" 2>&1 | tee "$LOGDIR/vm.log"
