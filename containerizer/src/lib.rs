@@ -18,6 +18,7 @@
 mod container;
 mod error;
 pub mod image;
+pub mod oci;
 
 use std::{
     collections::HashMap,
@@ -251,6 +252,8 @@ impl Containerizer {
             id_maps: launch_info.id_maps,
             filesystem: launch_info.filesystem,
             security,
+            ns_paths: Vec::new(),
+            oci: None,
         };
         let ready = client::spawn_shim(&self.paths.executor_bin, &shim_config)
             .await

@@ -63,6 +63,8 @@ impl Sandbox {
             id_maps: None,
             filesystem: None,
             security: Default::default(),
+            ns_paths: Vec::new(),
+            oci: None,
         }
     }
     fn stdout(&self) -> String {

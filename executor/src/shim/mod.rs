@@ -6,6 +6,7 @@
 
 pub mod event_loop;
 pub mod init;
+pub mod oci;
 pub mod rootfs;
 pub mod security;
 pub mod status;
@@ -212,9 +213,18 @@ pub(crate) fn log(cfg_id: &str, msg: std::fmt::Arguments<'_>) {
 /// 2 for a bad command line or config, 1 for any other failure.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     // 1. Arguments and config. Errors: message on stderr, exit code 2.
-    let cfg = match parse_args(args).and_then(|p| load_config(&p)) {
+    let mut cfg = match parse_args(args).and_then(|p| load_config(&p)) {
         Ok(cfg) => cfg,
         Err(e) => {
+            eprintln!("berth-executor: {e}");
+            return 2;
+        }
+    };
+    // OCI mode: the workload's stdio (before the spec: a console adds /dev/console to the plan).
+    let oci_io = match cfg.oci.clone().map(|mode| oci::prepare_io(&mut cfg, &mode)) {
+        None => None,
+        Some(Ok(io)) => Some(io),
+        Some(Err(e)) => {
             eprintln!("berth-executor: {e}");
             return 2;
         }
@@ -226,7 +236,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return 2;
         }
     };
-    match run(cfg.clone(), spec) {
+    match run(cfg.clone(), spec, oci_io) {
         Ok(()) => 0,
         Err(e) => {
             log(&cfg.container_id, format_args!("fatal: {e}"));
@@ -235,7 +245,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     }
 }
 
-fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
+fn run(cfg: ShimConfig, spec: init::InitSpec, oci_io: Option<oci::OciIo>) -> Result<(), ShimError> {
     let id = cfg.container_id.clone();
 
     // 2. Detach: own session (survives the agent), pid file, child subreaper (orphans of the
@@ -258,8 +268,20 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
     let stdout = open_output(&cfg.stdout_path)?;
     let stderr = open_output(&cfg.stderr_path)?;
 
-    // 4. Clone the container init; it waits for the sync byte.
-    let spawned = init::spawn_init(&spec, stdout, stderr)?;
+    // 4. Clone the container init; it waits for the sync byte. Namespaces given by path are
+    //    opened first; the pid one is joined by the shim itself (it applies to children only).
+    let joins = oci::open_namespaces(&cfg.ns_paths)?;
+    oci::join_pid(&joins)?;
+    let (oci_fds, console) = match oci_io {
+        Some(io) => (Some(io.fds), io.console),
+        None => (None, None),
+    };
+    let extras = init::InitExtras {
+        stdio: oci_fds,
+        joins,
+    };
+    // The extras move into the clone callback: the shim's copies are closed when it returns.
+    let spawned = init::spawn_init(&spec, stdout, stderr, extras)?;
     let init_pid = spawned.pid;
     // From here on the init exists: any failure must not leave it behind.
     let kill_init = |why: &ShimError| {
@@ -291,7 +313,7 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
             return Err(e);
         }
     };
-    let sup = match event_loop::Supervisor::new(cfg.clone(), &spec, spawned, listener) {
+    let mut sup = match event_loop::Supervisor::new(cfg.clone(), &spec, spawned, listener) {
         Ok(s) => s,
         Err(e) => {
             kill_init(&e);
@@ -299,6 +321,26 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
             return Err(e);
         }
     };
+
+    // 4c. OCI mode: the terminal's master goes to the console socket; the init joins its
+    //     cgroups and assembles the container now ("created"). If it fails, its exit (with the
+    //     setup error) is recorded and no ready line is printed.
+    if let Some(mode) = &cfg.oci {
+        if let Some(console) = console
+            && let Err(e) = console.send()
+        {
+            return sup.fail(e);
+        }
+        if let Err(e) = oci::attach_cgroups(&mode.cgroup_procs, init_pid.as_raw()) {
+            return sup.fail(e);
+        }
+        if !sup.prepare()? {
+            return Err(ShimError::InvalidConfig(format!(
+                "the container could not be created: {}",
+                client_exit_hint(&cfg)
+            )));
+        }
+    }
 
     // 5. Announce readiness on stdout (one JSON line), then point stdout at /dev/null so the
     //    containerizer's read of the pipe ends.
@@ -318,6 +360,15 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
 
     // 6-7. Serve the socket until the init exits; record the exit (also on fatal errors).
     sup.run()
+}
+
+/// The launch error recorded in `exit.json`, for the shim's own log line.
+fn client_exit_hint(cfg: &ShimConfig) -> String {
+    std::fs::read(cfg.exit_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ExitStatus>(&b).ok())
+        .and_then(|e| e.launch_error)
+        .unwrap_or_else(|| "see exit.json".into())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ShimError> {
