@@ -287,6 +287,8 @@ fn child_main(target: &PidFd, launch: Launch, sync_r: OwnedFd, err_w: OwnedFd) -
     {
         fail("applying the security plan", e.to_string());
     }
+    // The process outlives berth (`exec -d`): no parent-death signal (apply() re-arms it).
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     // Descriptors past stdio close on exec (the error pipe is close-on-exec already).
     let keep = n.max(3) as u32;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.

@@ -148,7 +148,7 @@ pub fn limits(
                     format!("{w} is outside 10-1000"),
                 ));
             }
-            l.io_weight = Some(1 + (w - 10) * 9999 / 990);
+            l.io_weight = Some((1 + (u32::from(w) - 10) * 9999 / 990) as u16);
         }
         if b.leaf_weight().is_some() || b.weight_device().as_ref().is_some_and(|v| !v.is_empty()) {
             warnings.push(format!(

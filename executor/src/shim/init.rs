@@ -517,6 +517,21 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
 /// byte; EOF means the shim gave up), become a session leader with the terminal (if any) as the
 /// controlling one, drop privileges and exec. Never returns.
 fn oci_exec(spec: &InitSpec, sync_r: OwnedFd, status_w: OwnedFd, parent: Pid) -> ! {
+    // A command that cannot be found fails `create`, not `start` (as runc does).
+    let found = spec.candidates.iter().any(|c| {
+        nix::sys::stat::stat(c.as_c_str())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            && nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok()
+    });
+    if !found {
+        let argv0 = spec.argv.first().map(|a| a.to_string_lossy().into_owned());
+        let msg = format!(
+            "exec {}: executable file not found in the container",
+            argv0.unwrap_or_default()
+        );
+        report(status_w.as_fd(), &encode_setup_error(&msg));
+        exit_now(127);
+    }
     report(status_w.as_fd(), &encode_prepared());
     let mut b = [0u8; 1];
     loop {
