@@ -791,3 +791,41 @@ fn oci_spec_list_and_json_log() {
     env.oci(&["delete", "l1"]).ok();
     env.assert_clean();
 }
+
+#[test]
+fn oci_join_namespaces_by_path() {
+    if !require_privileges() {
+        return;
+    }
+    let env = Env::new();
+    env.config("ns-a", &["sleep", "1000"], |v| {
+        v["hostname"] = json!("a-host");
+    });
+    env.oci(&["run", "-d", "--bundle", &env.bundle_arg(), "ns-a"])
+        .ok();
+    let a_pid = env.state("ns-a")["pid"].as_i64().unwrap();
+    // B joins A's uts and pid namespaces by path, creates the others.
+    env.config("ns-b", &["sh", "-c", "hostname; ps -o pid,args"], |v| {
+        v["hostname"] = json!(null);
+        v["linux"]["namespaces"] = json!([
+            {"type": "mount"}, {"type": "ipc"}, {"type": "network"},
+            {"type": "uts", "path": format!("/proc/{a_pid}/ns/uts")},
+            {"type": "pid", "path": format!("/proc/{a_pid}/ns/pid")},
+        ]);
+    });
+    let out = env.oci(&["run", "--bundle", &env.bundle_arg(), "ns-b"]);
+    out.ok();
+    assert!(out.stdout.contains("a-host"), "{out}");
+    // A's process is pid 1 of the shared pid namespace.
+    assert!(out.stdout.contains("1 sleep 1000"), "{out}");
+    // A path that is no namespace fails create.
+    env.config("ns-c", &["true"], |v| {
+        v["hostname"] = json!(null);
+        v["linux"]["namespaces"] = json!([
+            {"type": "mount"}, {"type": "uts", "path": "/nonexistent-ns"}]);
+    });
+    env.oci(&["create", "--bundle", &env.bundle_arg(), "ns-c"])
+        .fails_with("/nonexistent-ns");
+    env.oci(&["delete", "--force", "ns-a"]).ok();
+    env.assert_clean();
+}
