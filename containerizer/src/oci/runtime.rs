@@ -208,6 +208,7 @@ impl Runtime {
         for w in &t.warnings {
             warn!(container_id = id, "{w}");
         }
+        debug!(container_id = id, "config translated");
         isolator
             .prepare(&ContainerSpec {
                 id: placement.leaf.clone(),
@@ -221,6 +222,7 @@ impl Runtime {
                 id: id.into(),
                 source,
             })?;
+        debug!(container_id = id, "cgroups created");
         let rootfs_mnt = dir.dir.join("rootfs");
         std::fs::create_dir(&rootfs_mnt).map_err(|e| OciError::io("creating", &rootfs_mnt, e))?;
 

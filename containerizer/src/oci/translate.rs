@@ -277,11 +277,12 @@ pub fn process_parts(
             .cloned()
             .collect();
         if ambient.len() != ambient_all.len() {
-            warnings.push(format!(
-                "{}: {:?} dropped (an ambient capability must be permitted and inheritable)",
-                f("capabilities.ambient"),
-                ambient_all.difference(&ambient).collect::<Vec<_>>()
-            ));
+            // runc ignores the kernel's refusal silently; `crun spec` asks for this.
+            tracing::debug!(
+                dropped = ?ambient_all.difference(&ambient).collect::<Vec<_>>(),
+                "{}: ambient capabilities must be permitted and inheritable",
+                f("capabilities.ambient")
+            );
         }
         CapabilitySets {
             bounding: cap_names(c.bounding()).into_iter().collect(),

@@ -165,7 +165,20 @@ impl Supervisor {
     /// OCI mode, before the ready line: releases the init (first sync byte) and waits until it
     /// reports the container prepared (`Ok(true)`) or ends (`Ok(false)`; its exit, with the setup
     /// error, is then recorded in `exit.json` and every client told).
-    pub fn prepare(&mut self) -> Result<bool, ShimError> {
+    ///
+    /// `attach` runs once the init is released, or before that when `attach_first` (the init
+    /// unshares a cgroup namespace, which must be rooted at its own cgroup). Otherwise the init
+    /// assembles the container while the shim moves it into its cgroups: on cgroup v1 each first
+    /// write to `cgroup.procs` waits for an RCU grace period, which the mounts then overlap.
+    pub fn prepare(
+        &mut self,
+        attach_first: bool,
+        attach: impl FnOnce() -> Result<(), ShimError>,
+    ) -> Result<bool, ShimError> {
+        let mut attach = Some(attach);
+        if attach_first && let Some(a) = attach.take() {
+            a()?;
+        }
         if let Some(w) = &self.sync_w
             && let Err(e) = nix::unistd::write(w, &[1u8])
         {
@@ -174,6 +187,9 @@ impl Supervisor {
                 self.id(),
                 format_args!("releasing the init to prepare: {e}"),
             );
+        }
+        if let Some(a) = attach.take() {
+            a()?;
         }
         let mut buf = [0u8; 512];
         loop {

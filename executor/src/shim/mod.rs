@@ -161,6 +161,13 @@ pub fn load_config(path: &Path) -> Result<ShimConfig, ShimError> {
 
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// [`write_atomic`], with the two fsyncs only when `durable`. OCI containers' records are not
+/// durable (a runtime's state root is meant for a tmpfs, and runc does not sync either); the
+/// agent's containers are, since the agent recovers them after a crash.
+pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ShimError> {
     let err = |source| ShimError::Write {
         path: path.to_owned(),
         source,
@@ -177,10 +184,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
         .open(&tmp)
         .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
+    if durable {
+        f.sync_all().map_err(err)?;
+    }
     drop(f);
     std::fs::rename(&tmp, path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    if durable {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
     Ok(())
 }
 
@@ -188,7 +199,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
 pub fn write_exit(cfg: &ShimConfig, exit: &ExitStatus) -> Result<(), ShimError> {
     let mut json = serde_json::to_vec(exit).expect("ExitStatus serializes");
     json.push(b'\n');
-    write_atomic(&cfg.exit_path(), &json)
+    write_atomic_with(&cfg.exit_path(), &json, cfg.oci.is_none())
 }
 
 fn open_output(path: &Path) -> Result<File, ShimError> {
@@ -256,7 +267,11 @@ fn run(cfg: ShimConfig, spec: init::InitSpec, oci_io: Option<oci::OciIo>) -> Res
         log(&id, format_args!("setsid: {e} (continuing)"));
     }
     let pid = std::process::id() as i32;
-    write_atomic(&cfg.pid_path(), format!("{pid}\n").as_bytes())?;
+    write_atomic_with(
+        &cfg.pid_path(),
+        format!("{pid}\n").as_bytes(),
+        cfg.oci.is_none(),
+    )?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| ShimError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     let mut chld = SigSet::empty();
@@ -331,10 +346,12 @@ fn run(cfg: ShimConfig, spec: init::InitSpec, oci_io: Option<oci::OciIo>) -> Res
         {
             return sup.fail(e);
         }
-        if let Err(e) = oci::attach_cgroups(&mode.cgroup_procs, init_pid.as_raw()) {
-            return sup.fail(e);
-        }
-        if !sup.prepare()? {
+        let attach = || oci::attach_cgroups(&mode.cgroup_procs, init_pid.as_raw());
+        let prepared = match sup.prepare(spec.ns.cgroup, attach) {
+            Ok(p) => p,
+            Err(e) => return sup.fail(e),
+        };
+        if !prepared {
             return Err(ShimError::InvalidConfig(format!(
                 "the container could not be created: {}",
                 client_exit_hint(&cfg)
