@@ -23,6 +23,7 @@ mod console;
 pub mod exec;
 pub mod hooks;
 mod ops;
+mod placement;
 pub mod proc;
 mod resources;
 mod runtime;
