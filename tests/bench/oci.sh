@@ -72,6 +72,10 @@ cleanup() {
       [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
     done
   done </proc/self/cgroup
+  # crun places a relative cgroupsPath under some hierarchies' roots instead.
+  for d in /sys/fs/cgroup/*/"$TAG" /sys/fs/cgroup/"$TAG"; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
   rm -rf "$WORK"
   say "results in $OUT"
   exit "$rc"

@@ -29,7 +29,7 @@ fn main() {
     let cli = Cli::parse_from(argv);
     // The OCI runtime forks: it runs before any thread exists, without the async runtime.
     if let Command::Oci(args) = cli.command {
-        std::process::exit(berth_agent::cli::oci::main(args));
+        std::process::exit(berth_agent::cli::oci::main(*args));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -50,7 +50,7 @@ pub enum Command {
     /// Manage the local image store (load, pull, ls, rm, gc); needs no running agent.
     Image(image::ImageArgs),
     /// berth as an OCI runtime (runc's command line: create, start, state, kill, delete, ...).
-    Oci(oci::OciArgs),
+    Oci(Box<oci::OciArgs>),
 }
 
 /// Arguments of `berth update`.

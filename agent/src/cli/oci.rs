@@ -429,10 +429,11 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> OciArgs {
         match Cli::try_parse_from(args).unwrap().command {
-            Command::Oci(a) => a,
+            Command::Oci(a) => *a,
             other => panic!("{other:?}"),
         }
     }
@@ -485,7 +486,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse(&["berth", "oci", "run", "-d", "-b", "/b", "c1"]).command {
-            OciCommand::Run(r) => assert!(r.detach && r.create.bundle == PathBuf::from("/b")),
+            OciCommand::Run(r) => assert!(r.detach && r.create.bundle == Path::new("/b")),
             other => panic!("{other:?}"),
         }
         assert_eq!(parse_user("1000:100").unwrap(), (1000, Some(100)));

@@ -230,7 +230,7 @@ impl Runtime {
         let inherited = inherit_fds(3 + opts.preserve_fds)?;
         let raw: Vec<i32> = inherited
             .iter()
-            .map(|f| std::os::fd::AsRawFd::as_raw_fd(f))
+            .map(std::os::fd::AsRawFd::as_raw_fd)
             .collect();
         let stdio = if t.process.terminal {
             let socket = opts.console_socket.clone().ok_or_else(|| {

@@ -263,8 +263,11 @@ pub fn map_to_host(map: Option<&[IdMapRange]>, id: u32) -> u32 {
         .map_or(id, |r| r.host_id + (id - r.container_id))
 }
 
+/// Namespaces to create (the shim's names) and to join by path, in the config's order.
+type NamespaceLists = (Vec<String>, Vec<(String, PathBuf)>);
+
 /// Names the shim knows, in the config's order; namespaces given by path go to `ns_paths`.
-fn namespaces(spec: &Spec) -> Result<(Vec<String>, Vec<(String, PathBuf)>), ConfigError> {
+fn namespaces(spec: &Spec) -> Result<NamespaceLists, ConfigError> {
     let mut create = Vec::new();
     let mut join = Vec::new();
     let list = spec
