@@ -26,6 +26,12 @@
 # 100000/100000, pids 4096, and cgroupsPath `berth-bench-<pid>/ctr` (relative: under each
 # runtime's own cgroup; the same for all three). Removed at the end.
 # Output: p50/p90/mean/min per runtime and sequence, and berth's ratios to crun (net) and runc.
+#
+# Measured on the dev host (2 vCPUs, kernel 6.18, cgroup v1 hybrid, state on ext4 /run, quiet),
+# N=100, p50: cycle (create+start+delete) berth 16.6 ms, crun 19.2 ms (15.3 net of its wrapper),
+# runc 28.1 ms; run: berth 14.9 ms, crun 10.6 ms (6.0 net), runc 19.5 ms. Most of berth's spread
+# (min 8.6 ms) is the first cgroup.procs write of a container waiting for an RCU grace period
+# (cgroup v1's threadgroup rwsem); crun pays it too, berth overlaps it with the mounts.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
