@@ -765,6 +765,9 @@ fn oci_spec_list_and_json_log() {
     assert_eq!(spec["root"]["path"], "rootfs");
     env.oci(&["spec", "--bundle", &env.bundle_arg()])
         .fails_with("exists");
+    let features = env.oci(&["features"]).ok().json();
+    assert_eq!(features["ociVersionMax"], "1.2.0");
+    assert!(features["linux"]["namespaces"].as_array().unwrap().len() == 7);
     env.config("l1", &["sleep", "1000"], |_| {});
     env.oci(&["create", "--bundle", &env.bundle_arg(), "l1"])
         .ok();
@@ -827,5 +830,71 @@ fn oci_join_namespaces_by_path() {
     env.oci(&["create", "--bundle", &env.bundle_arg(), "ns-c"])
         .fails_with("/nonexistent-ns");
     env.oci(&["delete", "--force", "ns-a"]).ok();
+    env.assert_clean();
+}
+
+#[test]
+fn oci_exec_tty_console_socket_and_preserve_fds() {
+    if !require_privileges() {
+        return;
+    }
+    let env = Env::new();
+    env.config("x1", &["sleep", "1000"], |_| {});
+    env.oci(&["run", "-d", "--bundle", &env.bundle_arg(), "x1"])
+        .ok();
+    // exec -t with a console socket: the master comes over the socket, output through it.
+    let sock = env.path("exec-console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let out = env.oci(&[
+        "exec",
+        "-t",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "x1",
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo stdin-is-a-tty; exit 4",
+    ]);
+    assert_eq!(out.code, 4, "{out}");
+    let (master, _) = recv_fd(&listener);
+    let mut buf = [0u8; 512];
+    let mut text = Vec::new();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 2000) } <= 0 {
+            break;
+        }
+        match nix::unistd::read(&master, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("stdin-is-a-tty"), "{text:?}");
+    env.oci(&["delete", "--force", "x1"]).ok();
+
+    // --preserve-fds 1: the caller's descriptor 3 is the container's descriptor 3.
+    env.config("x2", &["sh", "-c", "echo through-fd-3 >&3"], |_| {});
+    let file = env.path("fd3.txt");
+    let cmd = format!(
+        "exec 3>{} && exec {} oci --root {} run --preserve-fds 1 --bundle {} x2",
+        file.display(),
+        berth_bin().display(),
+        env.root().display(),
+        env.bundle_arg()
+    );
+    let status = Command::new("sh")
+        .args(["-c", &cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "through-fd-3\n");
     env.assert_clean();
 }

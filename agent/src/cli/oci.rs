@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use berth_containerizer::oci::{
-    CreateOptions, ExecOptions, OciError, PsFormat, Runtime, default_spec, proc, state,
+    CreateOptions, ExecOptions, OciError, PsFormat, Runtime, default_spec, features, proc, state,
 };
 use clap::{Args, Subcommand};
 
@@ -71,6 +71,8 @@ pub enum OciCommand {
     List(ListArgs),
     /// Write a default config.json.
     Spec(SpecArgs),
+    /// Print what this runtime supports (runtime-spec features JSON).
+    Features,
 }
 
 /// A container id.
@@ -407,6 +409,13 @@ fn dispatch(args: OciArgs) -> Result<i32, OciError> {
                     );
                 }
             }
+            Ok(0)
+        }
+        OciCommand::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&features()).expect("JSON")
+            );
             Ok(0)
         }
         OciCommand::Spec(a) => {

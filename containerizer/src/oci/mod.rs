@@ -33,7 +33,7 @@ pub mod translate;
 
 use std::path::{Path, PathBuf};
 
-pub use ops::{ExecOptions, PsFormat, default_spec};
+pub use ops::{ExecOptions, PsFormat, default_spec, features};
 pub use runtime::{CreateOptions, Runtime};
 pub use state::{OciState, Status};
 pub use translate::{CgroupPlacement, ConfigError, Translation};

@@ -553,6 +553,42 @@ pub(super) fn wait_child_forwarding(pid: i32, sfd: &SignalFd) -> i32 {
     exec::wait_child(pid)
 }
 
+/// What this runtime supports (`berth oci features`, runtime-spec `features.md`).
+pub fn features() -> serde_json::Value {
+    let caps: Vec<String> = caps::all().into_iter().map(|c| c.to_string()).collect();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": super::state::OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
+                  "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+            "sync", "async", "dirsync", "noatime", "atime", "relatime", "norelatime",
+            "strictatime", "nostrictatime", "nodiratime", "diratime", "bind", "rbind",
+            "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable",
+            "runbindable", "defaults"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps,
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP",
+                    "SCMP_ACT_LOG"],
+                "operators": ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ",
+                    "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
+                "archs": [match std::env::consts::ARCH {
+                    "x86_64" => "SCMP_ARCH_X86_64",
+                    "aarch64" => "SCMP_ARCH_AARCH64",
+                    other => other,
+                }],
+            },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false },
+        },
+    })
+}
+
 /// A default bundle config (`berth oci spec`): runc's, running `sh` with a terminal.
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
