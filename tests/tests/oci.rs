@@ -853,7 +853,7 @@ fn oci_exec_tty_console_socket_and_preserve_fds() {
         "x1",
         "sh",
         "-c",
-        "[ -t 0 ] && echo stdin-is-a-tty; exit 4",
+        "tty; [ -t 0 ] && echo stdin-is-a-tty; exit 4",
     ]);
     assert_eq!(out.code, 4, "{out}");
     let (master, _) = recv_fd(&listener);
@@ -876,6 +876,8 @@ fn oci_exec_tty_console_socket_and_preserve_fds() {
     }
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("stdin-is-a-tty"), "{text:?}");
+    // The terminal is the container's own (its devpts), as `tty` sees it.
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
     env.oci(&["delete", "--force", "x1"]).ok();
 
     // --preserve-fds 1: the caller's descriptor 3 is the container's descriptor 3.

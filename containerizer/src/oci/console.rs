@@ -1,12 +1,13 @@
-//! Terminals of the OCI CLI: a pseudo-terminal for `exec --tty`, the console-socket protocol
-//! (runc's: one message, the pty's name as payload, the master as SCM_RIGHTS), and the relay
-//! between berth's own stdio and a master when no console socket is given (`run` and `exec`
-//! in the foreground with a terminal).
+//! Terminals of the OCI CLI: the console-socket protocol (runc's: one message, the pty's name as
+//! payload, the master as SCM_RIGHTS), and the relay between berth's own stdio and a master when
+//! no console socket is given (`run` and `exec` in the foreground with a terminal). The ptys
+//! themselves are opened by the shim (`create`) or in the container (`exec`, see
+//! [`super::exec::PtyRequest`]).
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::signalfd::SignalFd;
@@ -21,33 +22,6 @@ fn sys(what: &str, e: Errno) -> OciError {
         what: what.into(),
         source: e,
     }
-}
-
-/// A new pseudo-terminal.
-#[derive(Debug)]
-pub struct Pty {
-    master: OwnedFd,
-    slave: OwnedFd,
-    name: PathBuf,
-}
-
-/// Opens a pty of `size` (columns, rows; 0 = default), both ends close-on-exec.
-pub fn open_pty(size: (u16, u16)) -> Result<Pty, OciError> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| sys("openpty", e))?;
-    for fd in [&pty.master, &pty.slave] {
-        // SAFETY: F_SETFD on a descriptor we own; no memory is passed.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-        .unwrap_or_else(|_| PathBuf::from("/dev/pts/?"));
-    if size.0 > 0 && size.1 > 0 {
-        set_size(pty.master.as_raw_fd(), size.0, size.1);
-    }
-    Ok(Pty {
-        master: pty.master,
-        slave: pty.slave,
-        name,
-    })
 }
 
 fn set_size(fd: RawFd, cols: u16, rows: u16) {
@@ -92,6 +66,11 @@ pub fn recv_fd(listener: &UnixListener) -> Result<OwnedFd, OciError> {
     let (stream, _) = listener
         .accept()
         .map_err(|e| OciError::io("accepting on", Path::new("the console socket"), e))?;
+    recv_fd_from(&stream)
+}
+
+/// Receives one descriptor sent over `stream` (SCM_RIGHTS).
+pub fn recv_fd_from(stream: &UnixStream) -> Result<OwnedFd, OciError> {
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
@@ -113,29 +92,6 @@ pub fn recv_fd(listener: &UnixListener) -> Result<OwnedFd, OciError> {
     Err(OciError::Usage(
         "no descriptor received on the console socket".into(),
     ))
-}
-
-impl Pty {
-    /// Three copies of the slave, for descriptors 0-2.
-    pub fn slave_stdio(&self) -> Result<Vec<OwnedFd>, OciError> {
-        (0..3)
-            .map(|_| {
-                self.slave
-                    .try_clone()
-                    .map_err(|e| OciError::io("dup", &self.name, e))
-            })
-            .collect()
-    }
-
-    /// Sends the master to the console socket and closes our ends.
-    pub fn send_master(self, socket: &Path) -> Result<(), OciError> {
-        send_fd(socket, &self.master, &self.name.to_string_lossy())
-    }
-
-    /// Keeps the master for relaying (the slave is closed here; the child holds its copies).
-    pub fn into_relay(self) -> Result<Relay, OciError> {
-        Relay::new(self.master)
-    }
 }
 
 /// Relays berth's stdin to a pty master and the master to berth's stdout, with berth's own

@@ -92,6 +92,10 @@ pub struct Launch {
     pub stdio: Vec<OwnedFd>,
     /// Make descriptor 0 the controlling terminal (after `setsid`).
     pub controlling_tty: bool,
+    /// Allocate a terminal inside the container (its `/dev/ptmx`, so the process sees its own
+    /// `/dev/pts/N`): the slave becomes descriptors 0-2 and the controlling terminal, and the
+    /// master is sent back over this socket (SCM_RIGHTS) before the exec.
+    pub pty: Option<PtyRequest>,
     /// Privileges (from the container's process, or the exec's own).
     pub security: Option<PreparedSecurity>,
     /// Namespaces to join (see [`differing_namespaces`]).
@@ -122,10 +126,77 @@ impl Launch {
             cwd: None,
             stdio: Vec::new(),
             controlling_tty: false,
+            pty: None,
             security: None,
             namespaces: CloneFlags::empty(),
         })
     }
+}
+
+/// A terminal to allocate in the container ([`Launch::pty`]).
+#[derive(Debug)]
+pub struct PtyRequest {
+    /// The child's end of a socket pair; the master goes back over it.
+    pub back: OwnedFd,
+    /// Size (columns, rows); 0 = the kernel's default.
+    pub size: (u16, u16),
+    /// Owner of the slave (the process's uid, gid in the container).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Opens a pty in the current mount namespace's `/dev/ptmx`; (master, slave).
+fn open_container_pty(req: &PtyRequest) -> Result<(OwnedFd, OwnedFd), String> {
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open /dev/ptmx in the container: {}", e.desc()))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the live `unlock`.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(format!("unlock the pty: {}", Errno::last().desc()));
+    }
+    if req.size.0 > 0 && req.size.1 > 0 {
+        let ws = libc::winsize {
+            ws_col: req.size.0,
+            ws_row: req.size.1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one live `struct winsize`.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor of the slave.
+    let raw = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(format!("open the pty slave: {}", Errno::last().desc()));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    if let Some((uid, gid)) = req.owner {
+        let _ = nix::unistd::fchown(
+            &slave,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+    }
+    let fds = [master.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        req.back.as_raw_fd(),
+        &[std::io::IoSlice::new(b"pty")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send the pty master: {}", e.desc()))?;
+    Ok((master, slave))
 }
 
 /// A started process (our child).
@@ -255,6 +326,25 @@ fn child_main(target: &PidFd, launch: Launch, sync_r: OwnedFd, err_w: OwnedFd) -
         && let Err(e) = nix::unistd::chdir(cwd.as_c_str())
     {
         fail(&format!("chdir {}", cwd.to_string_lossy()), e.desc().into());
+    }
+    let mut launch = launch;
+    if let Some(req) = &launch.pty {
+        match open_container_pty(req) {
+            Ok((_master, slave)) => {
+                let mut stdio = Vec::with_capacity(3 + launch.stdio.len());
+                for _ in 0..3 {
+                    match slave.try_clone() {
+                        Ok(s) => stdio.push(s),
+                        Err(e) => fail("dup the pty slave", e.to_string()),
+                    }
+                }
+                // Extra descriptors (--preserve-fds) after the terminal.
+                stdio.extend(launch.stdio.drain(..).skip(3));
+                launch.stdio = stdio;
+                launch.controlling_tty = true;
+            }
+            Err(m) => fail("terminal", m),
+        }
     }
     let n = launch.stdio.len();
     if n > 0 {

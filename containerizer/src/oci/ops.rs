@@ -324,16 +324,22 @@ impl Runtime {
         launch.namespaces =
             differing_namespaces(&self.proc_root, l.record.pid, exec::all_namespaces());
         let mut relay = None;
-        if parts.terminal {
-            let pty = console::open_pty(parts.console_size)?;
-            launch.stdio = pty.slave_stdio()?;
-            launch.controlling_tty = true;
-            match &opts.console_socket {
-                Some(sock) => pty.send_master(sock)?,
-                None => relay = Some(pty.into_relay()?),
-            }
-        } else if opts.preserve_fds > 0 {
+        if opts.preserve_fds > 0 {
             launch.stdio = super::runtime::inherit_fds(3 + opts.preserve_fds)?;
+        }
+        // A terminal is allocated by the child in the container's devpts; its master comes
+        // back over this pair.
+        let mut pty_back = None;
+        if parts.terminal {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| OciError::io("socketpair", Path::new("(pty)"), e))?;
+            let owner = parts.security.user.as_ref().map(|u| (u.uid, u.gid));
+            launch.pty = Some(exec::PtyRequest {
+                back: theirs.into(),
+                size: parts.console_size,
+                owner,
+            });
+            pty_back = Some(ours);
         }
         let iso = self.isolator(&l.dir, &l.record.cgroup)?;
         let leaf = l.record.cgroup.leaf.clone();
@@ -349,6 +355,13 @@ impl Runtime {
                 source,
             })
         })?;
+        if let Some(back) = pty_back {
+            let master = console::recv_fd_from(&back)?;
+            match &opts.console_socket {
+                Some(sock) => console::send_fd(sock, &master, "pty")?,
+                None => relay = Some(console::Relay::new(master)?),
+            }
+        }
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, spawned.pid)?;
         }
