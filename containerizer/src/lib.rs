@@ -19,6 +19,7 @@
 mod container;
 mod error;
 pub mod image;
+pub mod oci;
 pub mod provisioner;
 
 use std::{
@@ -318,6 +319,8 @@ impl Containerizer {
             id_maps: launch_info.id_maps,
             filesystem: launch_info.filesystem,
             security,
+            ns_paths: Vec::new(),
+            oci: None,
         };
         let ready = client::spawn_shim(&self.paths.executor_bin, &shim_config)
             .await

@@ -26,6 +26,6 @@ pub mod shim;
 
 pub use protocol::{
     BpfInstruction, CapabilitySets, DeviceSpec, ExitStatus, FilesystemPlan, IdMapRange, IdMaps,
-    MountSpec, ProcessUser, RlimitSpec, RootfsSource, SecurityPlan, ShimConfig, ShimEvent,
-    ShimReady, ShimRequest,
+    MountSpec, OciMode, OciStdio, ProcessUser, RlimitSpec, RootfsSource, SecurityPlan, ShimConfig,
+    ShimEvent, ShimReady, ShimRequest,
 };

@@ -38,6 +38,63 @@ pub struct ShimConfig {
     /// Privilege restrictions applied to the workload right before `execve`.
     #[serde(default)]
     pub security: SecurityPlan,
+    /// Existing namespaces to join instead of creating them: (kind as in `namespaces`, path of
+    /// a namespace file such as `/proc/<pid>/ns/net` or a bind mount of one). A kind listed here
+    /// must not also be in `namespaces`. The pid namespace is joined by the shim before it clones
+    /// the init; the others by the init, the user namespace first.
+    #[serde(default)]
+    pub ns_paths: Vec<(String, PathBuf)>,
+    /// OCI runtime semantics (`berth oci`); `None` for berth's own containers.
+    #[serde(default)]
+    pub oci: Option<OciMode>,
+}
+
+/// How a container driven by the OCI runtime CLI differs from berth's own containers:
+/// - the workload *is* the container's init (pid 1 of its pid namespace, the process whose pid
+///   [`ShimReady`] reports): no berth pid 1 forks it;
+/// - the shim moves the init into `cgroup_procs` and lets it assemble the container (mounts,
+///   pivot_root, hostname, ...) *before* it prints [`ShimReady`] (the OCI "created" state); a
+///   failure there ends the shim without a ready line and with the error in `exit.json`;
+///   [`ShimRequest::Start`] then only releases the `execve`;
+/// - the workload's standard streams are the caller's descriptors, or a new pseudo-terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciMode {
+    /// `cgroup.procs` files the shim writes the init's pid into before the init sets up the
+    /// container (so a cgroup namespace is rooted at the container's cgroup).
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The workload's standard streams.
+    pub stdio: OciStdio,
+}
+
+/// Standard streams of an OCI container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OciStdio {
+    /// Descriptors the shim inherited from the process that spawned it: `fds[i]` becomes the
+    /// workload's descriptor `i` (0, 1, 2, then `--preserve-fds` extras). The shim closes its
+    /// own copies once the init holds them.
+    Inherit {
+        /// Inherited descriptor numbers, in the workload's order.
+        fds: Vec<i32>,
+    },
+    /// A new pseudo-terminal: the slave is the workload's stdin/stdout/stderr and controlling
+    /// terminal (and `/dev/console` when the plan populates `/dev`); the master is sent over the
+    /// Unix socket at `socket` (SCM_RIGHTS, runc's console-socket protocol) before the shim is
+    /// ready.
+    Console {
+        /// The listening socket of the caller.
+        socket: PathBuf,
+        /// Initial size (columns, rows); 0 = leave the kernel's default.
+        #[serde(default)]
+        size: (u16, u16),
+        /// Owner of the slave (host uid, gid), usually the process user.
+        #[serde(default)]
+        owner: Option<(u32, u32)>,
+        /// Descriptors after stderr (`--preserve-fds`), as in `Inherit`.
+        #[serde(default)]
+        extra_fds: Vec<i32>,
+    },
 }
 
 impl ShimConfig {
@@ -243,6 +300,16 @@ pub enum ShimRequest {
     },
     /// Ask for a [`ShimEvent::State`].
     State,
+    /// Send `signal` to the container's init, and with `all` to its whole process group (the
+    /// container's processes that did not leave it). Answered by [`ShimEvent::Signalled`] or
+    /// [`ShimEvent::Error`].
+    Signal {
+        /// Signal number.
+        signal: i32,
+        /// Also signal the init's process group.
+        #[serde(default)]
+        all: bool,
+    },
 }
 
 /// Events from the shim to the agent.
@@ -265,6 +332,11 @@ pub enum ShimEvent {
     },
     /// The workload ended; also persisted to `exit.json` before this is sent.
     Exited(ExitStatus),
+    /// Reply to [`ShimRequest::Signal`]: the signal was sent.
+    Signalled {
+        /// Signal number.
+        signal: i32,
+    },
     /// A request could not be parsed or carried out.
     Error {
         /// What went wrong.

@@ -224,6 +224,8 @@ impl Case {
             id_maps: None,
             filesystem: plan,
             security: Default::default(),
+            ns_paths: Vec::new(),
+            oci: None,
         }
     }
 

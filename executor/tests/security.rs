@@ -120,6 +120,8 @@ impl Sandbox {
             id_maps: None,
             filesystem: None,
             security,
+            ns_paths: Vec::new(),
+            oci: None,
         }
     }
     fn stdout(&self) -> String {

@@ -63,6 +63,8 @@ impl Sandbox {
             id_maps: None,
             filesystem: None,
             security: Default::default(),
+            ns_paths: Vec::new(),
+            oci: None,
         }
     }
     fn stdout(&self) -> String {
@@ -361,6 +363,48 @@ async fn kill_forwards_sigterm_to_the_workload() {
         "did not wait for grace"
     );
     assert!(sb.stdout().contains("got-term"));
+    assert_no_leftovers(&sb, &ready).await;
+}
+
+#[tokio::test]
+async fn signal_request_reaches_the_workload() {
+    if !require_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let cfg = sb.config(
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-usr1; exit 5' USR1; echo ready; sleep 100 & wait",
+        ],
+        ALL_NS,
+    );
+    let (ready, mut c) = spawn_and_connect(&cfg).await;
+    start(&mut c, &ready).await;
+    sb.wait_stdout("ready").await;
+    c.send(&ShimRequest::Signal {
+        signal: libc::SIGUSR1,
+        all: false,
+    })
+    .await
+    .unwrap();
+    let mut signalled = false;
+    let e = loop {
+        match next(&mut c).await {
+            Some(ShimEvent::Signalled { signal }) => {
+                assert_eq!(signal, libc::SIGUSR1);
+                signalled = true;
+            }
+            Some(ShimEvent::Exited(e)) => break e,
+            Some(_) => {}
+            None => panic!("connection closed before the exit"),
+        }
+    };
+    assert!(signalled);
+    assert_eq!((e.code, e.signal), (Some(5), None));
+    assert!(!e.killed_by_request);
+    assert!(sb.stdout().contains("got-usr1"));
     assert_no_leftovers(&sb, &ready).await;
 }
 

@@ -279,13 +279,14 @@ pub struct CgroupsIsolator {
 impl CgroupsIsolator {
     /// Detects the hierarchy from `cgroup_root` (normally /sys/fs/cgroup) and the agent's own
     /// cgroup membership from `proc_self_cgroup` (normally /proc/self/cgroup); all container
-    /// cgroups live at `<own cgroup in that hierarchy>/<base_name>/<container id>`.
+    /// cgroups live at `<own cgroup in that hierarchy>/<base_name>/<container id>`. An empty
+    /// `base_name` puts them directly under the own cgroup (`berth oci` with a `cgroupsPath`).
     pub fn new(
         cgroup_root: &Path,
         proc_self_cgroup: &Path,
         base_name: &str,
     ) -> Result<Self, CgroupError> {
-        if validate_container_id(base_name).is_err() {
+        if !base_name.is_empty() && validate_container_id(base_name).is_err() {
             return Err(CgroupError::InvalidBaseName(base_name.to_string()));
         }
         let layout = detect::detect(cgroup_root, proc_self_cgroup, base_name)?;
@@ -380,6 +381,15 @@ impl CgroupsIsolator {
             Layout::V1(l) => l.kill_all(id, deadline),
             Layout::V2(l) => l.kill_all(id, deadline),
         }
+    }
+}
+
+/// `own/base`, or `own` itself for an empty base.
+fn join_base(own: &Path, base: &str) -> PathBuf {
+    if base.is_empty() {
+        own.to_path_buf()
+    } else {
+        own.join(base)
     }
 }
 

@@ -163,6 +163,8 @@ impl Agent {
             id_maps: info.id_maps.clone(),
             filesystem: info.filesystem.clone(),
             security: info.security_plan(),
+            ns_paths: Vec::new(),
+            oci: None,
         };
         let cfg_path = state.join("shim.json");
         std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();

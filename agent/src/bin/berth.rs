@@ -17,7 +17,20 @@ fn init_logging(json: bool) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // `berth-oci ARGS` (a symlink) is `berth oci ARGS`, for tools that take a runtime binary.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        == Some(std::ffi::OsStr::new("berth-oci"))
+    {
+        argv.insert(1, "oci".into());
+    }
+    let cli = Cli::parse_from(argv);
+    // The OCI runtime forks: it runs before any thread exists, without the async runtime.
+    if let Command::Oci(args) = cli.command {
+        std::process::exit(berth_agent::cli::oci::main(*args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,6 +63,7 @@ fn main() {
             Command::Inspect(args) => ops::inspect(&client, args).await,
             Command::Update(args) => ops::update(&client, args).await,
             Command::Image(args) => image::run(args).await,
+            Command::Oci(_) => unreachable!("handled before the runtime starts"),
         };
         match result {
             Ok(code) => code,

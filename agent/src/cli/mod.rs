@@ -4,6 +4,7 @@
 pub mod client;
 pub mod image;
 pub mod isolation_args;
+pub mod oci;
 pub mod ops;
 pub mod run;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Manage the local image store (load, pull, ls, rm, gc); needs no running agent.
     Image(image::ImageArgs),
+    /// berth as an OCI runtime (runc's command line: create, start, state, kill, delete, ...).
+    Oci(Box<oci::OciArgs>),
 }
 
 /// Arguments of `berth update`.

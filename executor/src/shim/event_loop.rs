@@ -126,6 +126,8 @@ pub struct Supervisor {
     killed_by_request: bool,
     kill_deadline: Option<Instant>,
     init_end: Option<Ended>,
+    /// Status pipe bytes already read (OCI mode's prepare phase), parsed with the rest at exit.
+    status_buf: Vec<u8>,
 }
 
 impl Supervisor {
@@ -156,7 +158,90 @@ impl Supervisor {
             killed_by_request: false,
             kill_deadline: None,
             init_end: None,
+            status_buf: Vec::new(),
         })
+    }
+
+    /// OCI mode, before the ready line: releases the init (first sync byte) and waits until it
+    /// reports the container prepared (`Ok(true)`) or ends (`Ok(false)`; its exit, with the setup
+    /// error, is then recorded in `exit.json` and every client told).
+    ///
+    /// `attach` runs once the init is released, or before that when `attach_first` (the init
+    /// unshares a cgroup namespace, which must be rooted at its own cgroup). Otherwise the init
+    /// assembles the container while the shim moves it into its cgroups: on cgroup v1 each first
+    /// write to `cgroup.procs` waits for an RCU grace period, which the mounts then overlap.
+    pub fn prepare(
+        &mut self,
+        attach_first: bool,
+        attach: impl FnOnce() -> Result<(), ShimError>,
+    ) -> Result<bool, ShimError> {
+        let mut attach = Some(attach);
+        if attach_first && let Some(a) = attach.take() {
+            a()?;
+        }
+        if let Some(w) = &self.sync_w
+            && let Err(e) = nix::unistd::write(w, &[1u8])
+        {
+            // EPIPE: the init died already; its end is read below.
+            log(
+                self.id(),
+                format_args!("releasing the init to prepare: {e}"),
+            );
+        }
+        if let Some(a) = attach.take() {
+            a()?;
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.status_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid, exclusively borrowed pollfd for the duration of the call; the
+            // descriptor is owned by self.
+            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if n < 0 {
+                match Errno::last() {
+                    Errno::EINTR | Errno::EAGAIN => continue,
+                    e => return Err(ShimError::sys("poll(status pipe)", e)),
+                }
+            }
+            match nix::unistd::read(&self.status_r, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.status_buf.extend_from_slice(&buf[..n]);
+                    if parse_report(&self.status_buf).prepared {
+                        return Ok(true);
+                    }
+                }
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(e) => return Err(ShimError::sys("read(status pipe)", e)),
+            }
+        }
+        // EOF: the init ended while preparing.
+        let end = loop {
+            match waitpid(self.init_pid, None) {
+                Ok(WaitStatus::Exited(_, c)) => break Ended::Code(c),
+                Ok(WaitStatus::Signaled(_, s, _)) => break Ended::Signal(s as i32),
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(ShimError::Wait {
+                        pid: self.init_pid.as_raw(),
+                        source: e,
+                    });
+                }
+            }
+        };
+        self.init_end = Some(end);
+        self.finish(end, None)?;
+        Ok(false)
+    }
+
+    /// A fatal error before the event loop: kill the container, record the error in
+    /// `exit.json`, return it.
+    pub fn fail(mut self, err: ShimError) -> Result<(), ShimError> {
+        self.abort(err)
     }
 
     /// Serves until the init exits, records the exit, notifies clients. On a fatal error the
@@ -332,6 +417,26 @@ impl Supervisor {
                     None => deadline,
                 });
             }
+            ShimRequest::Signal { signal, all } => {
+                let ev = match Signal::try_from(signal) {
+                    Err(_) => ShimEvent::Error {
+                        message: format!("invalid signal {signal}"),
+                    },
+                    Ok(sig) => match kill(self.init_pid, sig) {
+                        Ok(()) => {
+                            if all {
+                                // ESRCH: the init has not called setsid yet (or is gone).
+                                let _ = killpg(self.init_pid, sig);
+                            }
+                            ShimEvent::Signalled { signal }
+                        }
+                        Err(e) => ShimEvent::Error {
+                            message: format!("sending {sig} to {}: {e}", self.init_pid),
+                        },
+                    },
+                };
+                self.clients[client].queue(&ev);
+            }
             ShimRequest::State => {
                 let ev = ShimEvent::State {
                     pid: self.init_pid.as_raw(),
@@ -371,7 +476,7 @@ impl Supervisor {
 
     /// Reads everything the init and the workload wrote to the status pipe.
     fn drain_status(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.status_buf);
         let mut buf = [0u8; 512];
         loop {
             match nix::unistd::read(&self.status_r, &mut buf) {
@@ -490,6 +595,13 @@ mod tests {
         assert_eq!(
             parse_line(b" {\"type\":\"kill\",\"grace_ms\":5}\r\n"),
             Some(Ok(ShimRequest::Kill { grace_ms: 5 }))
+        );
+        assert_eq!(
+            parse_line(b"{\"type\":\"signal\",\"signal\":10}"),
+            Some(Ok(ShimRequest::Signal {
+                signal: 10,
+                all: false
+            }))
         );
         assert_eq!(parse_line(b"  \n"), None);
         let err = parse_line(b"{\"type\":\"dance\"}\n").unwrap().unwrap_err();

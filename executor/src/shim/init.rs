@@ -21,9 +21,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
+use super::oci::JoinNs;
 use super::security::PreparedSecurity;
-use super::status::{Ended, encode_ended, encode_exec_error, encode_setup_error};
-use super::{ShimError, rootfs, userns};
+use super::status::{Ended, encode_ended, encode_exec_error, encode_prepared, encode_setup_error};
+use super::{ShimError, oci, rootfs, userns};
 use crate::protocol::ShimConfig;
 
 /// `PATH` used to find `argv[0]` when the workload's environment has none.
@@ -153,6 +154,13 @@ pub struct InitSpec {
     pub security: PreparedSecurity,
     /// The container's root filesystem, assembled in the init's mount namespace.
     pub rootfs: Option<rootfs::PreparedFs>,
+    /// OCI mode ([`crate::OciMode`]): the init prepares the container right after the first
+    /// sync byte, reports it, and execs the workload itself after the second.
+    pub oci: bool,
+    /// The workload's standard streams are a terminal (OCI console).
+    pub console: bool,
+    /// Descriptors `0..keep_fds` survive `execve` (3, or the OCI stdio count).
+    pub keep_fds: u32,
 }
 
 impl InitSpec {
@@ -222,6 +230,12 @@ impl InitSpec {
                 ));
             }
         }
+        oci::check_ns_paths(cfg).map_err(ShimError::InvalidConfig)?;
+        let (console, keep_fds) = match cfg.oci.as_ref().map(|o| &o.stdio) {
+            None => (false, 3),
+            Some(crate::OciStdio::Inherit { fds }) => (false, fds.len().max(3)),
+            Some(crate::OciStdio::Console { extra_fds, .. }) => (true, 3 + extra_fds.len()),
+        };
         Ok(InitSpec {
             ns,
             hostname: cfg.hostname.clone(),
@@ -231,6 +245,9 @@ impl InitSpec {
             candidates,
             security,
             rootfs,
+            oci: cfg.oci.is_some(),
+            console,
+            keep_fds: keep_fds as u32,
         })
     }
 }
@@ -256,10 +273,28 @@ struct ChildFds {
     devnull: File,
     /// The shim's ends of the pipes: the child has copies that it must close.
     close_in_child: [RawFd; 2],
+    /// OCI mode: the workload's descriptors 0.. (instead of devnull/stdout/stderr).
+    oci_stdio: Option<Vec<OwnedFd>>,
+    /// Namespaces to join by path (all but pid, which the shim joined before `clone`).
+    joins: Vec<JoinNs>,
+}
+
+/// What the init gets besides its spec in OCI mode (nothing otherwise).
+#[derive(Debug, Default)]
+pub struct InitExtras {
+    /// The workload's descriptors 0.. ([`oci::OciIo::fds`]).
+    pub stdio: Option<Vec<OwnedFd>>,
+    /// Namespaces to join by path ([`oci::open_namespaces`]).
+    pub joins: Vec<JoinNs>,
 }
 
 /// Clones the container init (step 4). The init blocks until the sync byte is written.
-pub fn spawn_init(spec: &InitSpec, stdout: File, stderr: File) -> Result<SpawnedInit, ShimError> {
+pub fn spawn_init(
+    spec: &InitSpec,
+    stdout: File,
+    stderr: File,
+    extras: InitExtras,
+) -> Result<SpawnedInit, ShimError> {
     let (sync_r, sync_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ShimError::sys("pipe2 (sync)", e))?;
     let (status_r, status_w) =
@@ -275,6 +310,8 @@ pub fn spawn_init(spec: &InitSpec, stdout: File, stderr: File) -> Result<Spawned
         stderr,
         devnull,
         close_in_child: [sync_w.as_raw_fd(), status_r.as_raw_fd()],
+        oci_stdio: extras.stdio,
+        joins: extras.joins,
     };
 
     // Block the forwarded signals across clone so the init never runs with them deliverable:
@@ -337,7 +374,10 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
         stderr,
         devnull,
         close_in_child,
+        oci_stdio,
+        joins,
     } = fds;
+    let parent = nix::unistd::getppid();
     // 1. Close the shim's ends of the pipes: otherwise our own copy of sync_w would keep the
     //    sync read from seeing EOF when the shim dies.
     for fd in close_in_child {
@@ -353,9 +393,22 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // 2. stdio: stdin from /dev/null, stdout/stderr to the workload's files. This also drops the
     //    init's copy of the pipe to the containerizer (the shim's stdout).
-    let _ = nix::unistd::dup2_stdin(&devnull);
-    let _ = nix::unistd::dup2_stdout(&stdout);
-    let _ = nix::unistd::dup2_stderr(&stderr);
+    //    OCI mode: the caller's descriptors (or the terminal) instead.
+    match oci_stdio {
+        None => {
+            let _ = nix::unistd::dup2_stdin(&devnull);
+            let _ = nix::unistd::dup2_stdout(&stdout);
+            let _ = nix::unistd::dup2_stderr(&stderr);
+        }
+        Some(fds) => {
+            // The sources are numbered above every target (see oci::prepare_io).
+            for (target, fd) in fds.iter().enumerate() {
+                // SAFETY: dup2 onto a small descriptor number; the previous descriptor there
+                // (the shim's stdio copy) is owned by nobody in the init.
+                unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) };
+            }
+        }
+    }
     drop((devnull, stdout, stderr));
 
     // 3. Wait for the sync byte. EOF (the shim closed the pipe or died) → exit without exec.
@@ -367,13 +420,34 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
             _ => exit_now(127),
         }
     }
-    drop(sync_r);
+
+    // 3b. Namespaces given by path (the shim joined the pid one before clone).
+    match oci::join_in_init(&joins) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(msg) = become_userns_root() {
+                report(status_w.as_fd(), &encode_setup_error(&msg));
+                exit_now(127);
+            }
+        }
+        Err(msg) => {
+            report(status_w.as_fd(), &encode_setup_error(&msg));
+            exit_now(127);
+        }
+    }
+    drop(joins);
 
     // 4. Prepare the container; any failure is a launch error.
     if let Err(msg) = setup_container(spec) {
         report(status_w.as_fd(), &encode_setup_error(&msg));
         exit_now(127);
     }
+
+    // OCI mode: the workload is the init itself; created → started → exec.
+    if spec.oci {
+        oci_exec(spec, sync_r, status_w, parent);
+    }
+    drop(sync_r);
 
     // 4b. Drop privileges here, in the init, not only in the workload: the init is the
     //     container's pid 1 and must hold no more than the workload (no capabilities outside
@@ -437,6 +511,49 @@ fn init_main(spec: &InitSpec, fds: ChildFds) -> ! {
             exit_now(ended.shell_code());
         }
     }
+}
+
+/// OCI mode, after the container is prepared: report it, wait for `Start` (the second sync
+/// byte; EOF means the shim gave up), become a session leader with the terminal (if any) as the
+/// controlling one, drop privileges and exec. Never returns.
+fn oci_exec(spec: &InitSpec, sync_r: OwnedFd, status_w: OwnedFd, parent: Pid) -> ! {
+    // A command that cannot be found fails `create`, not `start` (as runc does).
+    let found = spec.candidates.iter().any(|c| {
+        nix::sys::stat::stat(c.as_c_str())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            && nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok()
+    });
+    if !found {
+        let argv0 = spec.argv.first().map(|a| a.to_string_lossy().into_owned());
+        let msg = format!(
+            "exec {}: executable file not found in the container",
+            argv0.unwrap_or_default()
+        );
+        report(status_w.as_fd(), &encode_setup_error(&msg));
+        exit_now(127);
+    }
+    report(status_w.as_fd(), &encode_prepared());
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(&sync_r, &mut b) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            _ => exit_now(127),
+        }
+    }
+    drop(sync_r);
+    let _ = nix::unistd::setsid();
+    if spec.console
+        && let Err(msg) = oci::set_controlling_terminal()
+    {
+        report(status_w.as_fd(), &encode_setup_error(&msg));
+        exit_now(127);
+    }
+    if let Err(e) = spec.security.apply() {
+        report(status_w.as_fd(), &encode_setup_error(&e.to_string()));
+        exit_now(127);
+    }
+    exec_workload(spec, status_w.as_fd(), parent)
 }
 
 /// Namespace-specific preparation, cwd. Returns a message for `launch_error` on failure.
@@ -543,8 +660,9 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-/// Body of the workload (grandchild) before exec: reset signals, exec. Never returns.
-fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, init_pid: Pid) -> ! {
+/// Body of the workload before exec (the init's child; in OCI mode the init itself, whose
+/// `parent` is the shim): reset signals, exec. Never returns.
+fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, parent: Pid) -> ! {
     // Reset every disposition (Rust ignores SIGPIPE; ignored dispositions survive exec), then
     // unblock everything: signals the init forwarded before this point are delivered now.
     for sig in 1..=libc::SIGRTMAX() {
@@ -559,17 +677,18 @@ fn exec_workload(spec: &InitSpec, status_w: BorrowedFd<'_>, init_pid: Pid) -> ! 
     // Killed if the init dies first (it only does when SIGKILLed: by the shim's grace expiry,
     // or because the shim itself died). Survives exec; the workload may change it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid() != init_pid {
-        exit_now(127); // the init is already gone
+    if nix::unistd::getppid() != parent {
+        exit_now(127); // the parent is already gone
     }
-    // Make every inherited descriptor above stderr close-on-exec (leaked fds of the agent, ...).
+    // Make every inherited descriptor above stderr (above the OCI stdio descriptors) close-on-exec
+    // (leaked fds of the agent, ...).
     // The status pipe is already close-on-exec, so it stays usable for reporting exec errors.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags; failure
     // (old kernel) is harmless and ignored.
     unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            spec.keep_fds,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         )

@@ -6,6 +6,7 @@
 
 pub mod event_loop;
 pub mod init;
+pub mod oci;
 pub mod rootfs;
 pub mod security;
 pub mod status;
@@ -160,6 +161,13 @@ pub fn load_config(path: &Path) -> Result<ShimConfig, ShimError> {
 
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// [`write_atomic`], with the two fsyncs only when `durable`. OCI containers' records are not
+/// durable (a runtime's state root is meant for a tmpfs, and runc does not sync either); the
+/// agent's containers are, since the agent recovers them after a crash.
+pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ShimError> {
     let err = |source| ShimError::Write {
         path: path.to_owned(),
         source,
@@ -176,10 +184,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
         .open(&tmp)
         .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
+    if durable {
+        f.sync_all().map_err(err)?;
+    }
     drop(f);
     std::fs::rename(&tmp, path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    if durable {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
     Ok(())
 }
 
@@ -187,7 +199,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
 pub fn write_exit(cfg: &ShimConfig, exit: &ExitStatus) -> Result<(), ShimError> {
     let mut json = serde_json::to_vec(exit).expect("ExitStatus serializes");
     json.push(b'\n');
-    write_atomic(&cfg.exit_path(), &json)
+    write_atomic_with(&cfg.exit_path(), &json, cfg.oci.is_none())
 }
 
 fn open_output(path: &Path) -> Result<File, ShimError> {
@@ -212,9 +224,18 @@ pub(crate) fn log(cfg_id: &str, msg: std::fmt::Arguments<'_>) {
 /// 2 for a bad command line or config, 1 for any other failure.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     // 1. Arguments and config. Errors: message on stderr, exit code 2.
-    let cfg = match parse_args(args).and_then(|p| load_config(&p)) {
+    let mut cfg = match parse_args(args).and_then(|p| load_config(&p)) {
         Ok(cfg) => cfg,
         Err(e) => {
+            eprintln!("berth-executor: {e}");
+            return 2;
+        }
+    };
+    // OCI mode: the workload's stdio (before the spec: a console adds /dev/console to the plan).
+    let oci_io = match cfg.oci.clone().map(|mode| oci::prepare_io(&mut cfg, &mode)) {
+        None => None,
+        Some(Ok(io)) => Some(io),
+        Some(Err(e)) => {
             eprintln!("berth-executor: {e}");
             return 2;
         }
@@ -226,7 +247,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return 2;
         }
     };
-    match run(cfg.clone(), spec) {
+    match run(cfg.clone(), spec, oci_io) {
         Ok(()) => 0,
         Err(e) => {
             log(&cfg.container_id, format_args!("fatal: {e}"));
@@ -235,7 +256,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     }
 }
 
-fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
+fn run(cfg: ShimConfig, spec: init::InitSpec, oci_io: Option<oci::OciIo>) -> Result<(), ShimError> {
     let id = cfg.container_id.clone();
 
     // 2. Detach: own session (survives the agent), pid file, child subreaper (orphans of the
@@ -246,7 +267,11 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
         log(&id, format_args!("setsid: {e} (continuing)"));
     }
     let pid = std::process::id() as i32;
-    write_atomic(&cfg.pid_path(), format!("{pid}\n").as_bytes())?;
+    write_atomic_with(
+        &cfg.pid_path(),
+        format!("{pid}\n").as_bytes(),
+        cfg.oci.is_none(),
+    )?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| ShimError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     let mut chld = SigSet::empty();
@@ -258,8 +283,20 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
     let stdout = open_output(&cfg.stdout_path)?;
     let stderr = open_output(&cfg.stderr_path)?;
 
-    // 4. Clone the container init; it waits for the sync byte.
-    let spawned = init::spawn_init(&spec, stdout, stderr)?;
+    // 4. Clone the container init; it waits for the sync byte. Namespaces given by path are
+    //    opened first; the pid one is joined by the shim itself (it applies to children only).
+    let joins = oci::open_namespaces(&cfg.ns_paths)?;
+    oci::join_pid(&joins)?;
+    let (oci_fds, console) = match oci_io {
+        Some(io) => (Some(io.fds), io.console),
+        None => (None, None),
+    };
+    let extras = init::InitExtras {
+        stdio: oci_fds,
+        joins,
+    };
+    // The extras move into the clone callback: the shim's copies are closed when it returns.
+    let spawned = init::spawn_init(&spec, stdout, stderr, extras)?;
     let init_pid = spawned.pid;
     // From here on the init exists: any failure must not leave it behind.
     let kill_init = |why: &ShimError| {
@@ -291,7 +328,7 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
             return Err(e);
         }
     };
-    let sup = match event_loop::Supervisor::new(cfg.clone(), &spec, spawned, listener) {
+    let mut sup = match event_loop::Supervisor::new(cfg.clone(), &spec, spawned, listener) {
         Ok(s) => s,
         Err(e) => {
             kill_init(&e);
@@ -299,6 +336,28 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
             return Err(e);
         }
     };
+
+    // 4c. OCI mode: the terminal's master goes to the console socket; the init joins its
+    //     cgroups and assembles the container now ("created"). If it fails, its exit (with the
+    //     setup error) is recorded and no ready line is printed.
+    if let Some(mode) = &cfg.oci {
+        if let Some(console) = console
+            && let Err(e) = console.send()
+        {
+            return sup.fail(e);
+        }
+        let attach = || oci::attach_cgroups(&mode.cgroup_procs, init_pid.as_raw());
+        let prepared = match sup.prepare(spec.ns.cgroup, attach) {
+            Ok(p) => p,
+            Err(e) => return sup.fail(e),
+        };
+        if !prepared {
+            return Err(ShimError::InvalidConfig(format!(
+                "the container could not be created: {}",
+                client_exit_hint(&cfg)
+            )));
+        }
+    }
 
     // 5. Announce readiness on stdout (one JSON line), then point stdout at /dev/null so the
     //    containerizer's read of the pipe ends.
@@ -318,6 +377,15 @@ fn run(cfg: ShimConfig, spec: init::InitSpec) -> Result<(), ShimError> {
 
     // 6-7. Serve the socket until the init exits; record the exit (also on fatal errors).
     sup.run()
+}
+
+/// The launch error recorded in `exit.json`, for the shim's own log line.
+fn client_exit_hint(cfg: &ShimConfig) -> String {
+    std::fs::read(cfg.exit_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ExitStatus>(&b).ok())
+        .and_then(|e| e.launch_error)
+        .unwrap_or_else(|| "see exit.json".into())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ShimError> {

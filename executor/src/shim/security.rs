@@ -16,6 +16,11 @@
 //! 6. The seccomp filter, last, so none of the calls above is filtered; `execve` (and, if it
 //!    fails, `write` of the error record and `exit_group`) must be allowed by it.
 //!
+//! Without `no_new_privs` the kernel only lets a process holding `CAP_SYS_ADMIN` install a
+//! filter, which the workload may not keep: then (as runc does) the filter is installed right
+//! after step 1, while the process still has every capability, and steps 2-5 run under it (a
+//! profile must allow `prctl`, `setgroups`, `setgid`, `setuid` and `capset`, as Docker's does).
+//!
 //! For a workload running as root without a user namespace, what it ends up with after `execve`
 //! is the bounding set (the kernel gives root every capability of it); steps 3 and 5 agree with
 //! each other, and `no_new_privs` keeps it from regaining anything.
@@ -127,6 +132,8 @@ pub struct PreparedSecurity {
     pub user: Option<PreparedUser>,
     /// Seccomp program; `None` = unconfined.
     pub seccomp: Option<Filter>,
+    /// Install the filter before the privilege changes (no `no_new_privs`, see the module docs).
+    pub seccomp_early: bool,
 }
 
 /// A step of [`PreparedSecurity::apply`] that failed.
@@ -258,16 +265,7 @@ impl PreparedSecurity {
                     .collect(),
             )),
         };
-        let sys_admin = caps::Capability::CAP_SYS_ADMIN.bitmask();
-        if seccomp.is_some()
-            && !plan.no_new_privileges
-            && caps.is_some_and(|c| c.effective & sys_admin == 0)
-        {
-            return Err(
-                "a seccomp filter needs no_new_privileges or CAP_SYS_ADMIN in the effective set"
-                    .into(),
-            );
-        }
+        let seccomp_early = seccomp.is_some() && !plan.no_new_privileges;
         let user = plan.user.as_ref().map(|u| PreparedUser {
             uid: u.uid,
             gid: u.gid,
@@ -279,6 +277,7 @@ impl PreparedSecurity {
             caps,
             user,
             seccomp,
+            seccomp_early,
         })
     }
 
@@ -290,6 +289,12 @@ impl PreparedSecurity {
         for r in &self.rlimits {
             nix::sys::resource::setrlimit(r.resource, r.soft, r.hard)
                 .map_err(fail(SecurityStep::Rlimit(r.kind)))?;
+        }
+        // 1b. Without no_new_privs: the filter now, while CAP_SYS_ADMIN is still held.
+        if self.seccomp_early
+            && let Some(f) = &self.seccomp
+        {
+            install_filter(f).map_err(fail(SecurityStep::Seccomp))?;
         }
         // 2. No new privileges.
         if self.no_new_privs {
@@ -341,7 +346,9 @@ impl PreparedSecurity {
             }
         }
         // 6. Seccomp, last.
-        if let Some(f) = &self.seccomp {
+        if !self.seccomp_early
+            && let Some(f) = &self.seccomp
+        {
             install_filter(f).map_err(fail(SecurityStep::Seccomp))?;
         }
         Ok(())
@@ -544,15 +551,22 @@ mod tests {
             jf: 0,
             k: 0x7fff_0000,
         };
-        bad(
-            SecurityPlan {
-                seccomp: Some(vec![allow]),
-                capabilities: Some(sets(&["CAP_CHOWN"])),
-                no_new_privileges: false,
-                ..Default::default()
-            },
-            "needs no_new_privileges or CAP_SYS_ADMIN",
-        );
+        // Without no_new_privs the filter goes first (while CAP_SYS_ADMIN is held).
+        let p = PreparedSecurity::prepare(&SecurityPlan {
+            seccomp: Some(vec![allow]),
+            capabilities: Some(sets(&["CAP_CHOWN"])),
+            no_new_privileges: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(p.seccomp_early);
+        let p = PreparedSecurity::prepare(&SecurityPlan {
+            seccomp: Some(vec![allow]),
+            no_new_privileges: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!p.seccomp_early);
     }
 
     #[test]

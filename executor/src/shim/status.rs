@@ -5,6 +5,7 @@
 //! - `[TAG_ENDED, kind, i32 LE]`: the workload ended; kind 0 = exit code, 1 = signal.
 //! - `[TAG_EXEC_ERR, i32 LE errno]`: the workload's `execve` failed (written by the grandchild).
 //! - `[TAG_SETUP_ERR, u16 LE len, bytes]`: the init failed to prepare the container.
+//! - `[TAG_PREPARED]`: (OCI mode) the init assembled the container and waits for `Start`.
 
 use nix::errno::Errno;
 
@@ -13,6 +14,7 @@ use crate::protocol::ExitStatus;
 const TAG_ENDED: u8 = 1;
 const TAG_EXEC_ERR: u8 = 2;
 const TAG_SETUP_ERR: u8 = 3;
+const TAG_PREPARED: u8 = 4;
 /// Longest setup error message carried over the pipe.
 const MAX_SETUP_MSG: usize = 1024;
 
@@ -77,6 +79,11 @@ pub fn encode_setup_error(msg: &str) -> Vec<u8> {
     out
 }
 
+/// Encodes a "container prepared" record (OCI mode).
+pub fn encode_prepared() -> [u8; 1] {
+    [TAG_PREPARED]
+}
+
 /// What the init and the workload reported over the status pipe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InitReport {
@@ -86,6 +93,8 @@ pub struct InitReport {
     pub exec_errno: Option<i32>,
     /// The init could not prepare the container.
     pub setup_error: Option<String>,
+    /// (OCI mode) the init assembled the container and waits for `Start`.
+    pub prepared: bool,
 }
 
 /// Parses the bytes read from the status pipe. A truncated trailing record is ignored.
@@ -125,6 +134,10 @@ pub fn parse_report(mut buf: &[u8]) -> InitReport {
                 };
                 report.setup_error = Some(String::from_utf8_lossy(msg).into_owned());
                 buf = &buf[3 + len..];
+            }
+            TAG_PREPARED => {
+                report.prepared = true;
+                buf = &buf[1..];
             }
             _ => break, // garbage: stop parsing, keep what we have
         }
@@ -204,6 +217,12 @@ mod tests {
         assert_eq!(r.setup_error.as_deref(), Some("sethostname: EPERM"));
         assert_eq!(r.ended, Some(Ended::Signal(9)));
 
+        let mut buf = encode_prepared().to_vec();
+        buf.extend_from_slice(&encode_exec_error(libc::EACCES));
+        let r = parse_report(&buf);
+        assert!(r.prepared);
+        assert_eq!(r.exec_errno, Some(libc::EACCES));
+
         assert_eq!(parse_report(&[]), InitReport::default());
         assert_eq!(parse_report(&[0xff, 1, 2]), InitReport::default());
     }
@@ -238,6 +257,7 @@ mod tests {
             ended: Some(Ended::Code(127)),
             exec_errno: Some(libc::ENOENT),
             setup_error: None,
+            prepared: true,
         };
         let e = build_exit_status(Ended::Code(127), &r, "nope", false, 0.0);
         assert_eq!(e.code, Some(127));

@@ -294,6 +294,28 @@ fn bad_base_name_rejected() {
 }
 
 #[test]
+fn empty_base_puts_containers_under_the_own_cgroup() {
+    let tmp = v1_fixture(true);
+    let iso =
+        CgroupsIsolator::new(&tmp.path().join("cg"), &tmp.path().join("self_cgroup"), "").unwrap();
+    let root = tmp.path().join("cg");
+    let paths = iso.container_paths("c1");
+    assert_eq!(paths[0], root.join("cpu/c1"));
+    assert_eq!(paths[2], root.join("memory/process_api/abc/c1"));
+    let fx = V2Fixture::new("/a");
+    let iso = CgroupsIsolator::new(
+        &fx.tmp.path().join("cg"),
+        &fx.tmp.path().join("self_cgroup"),
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        iso.container_paths("c1"),
+        vec![fx.tmp.path().join("cg/a/c1")]
+    );
+}
+
+#[test]
 fn v2_prepare_writes_limits() {
     let fx = V2Fixture::new("/");
     let iso = fx.iso().unwrap();

@@ -53,7 +53,10 @@ impl V1 {
     ) -> Self {
         V1 {
             root: root.to_path_buf(),
-            bases: own_dirs.iter().map(|o| o.join(base_name)).collect(),
+            bases: own_dirs
+                .iter()
+                .map(|o| super::join_base(o, base_name))
+                .collect(),
             roles: roles.clone(),
         }
     }

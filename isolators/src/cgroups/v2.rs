@@ -32,7 +32,7 @@ pub(super) struct V2 {
 
 impl V2 {
     pub(super) fn new(own: PathBuf, own_is_root: bool, base_name: &str) -> Self {
-        let base = own.join(base_name);
+        let base = super::join_base(&own, base_name);
         V2 {
             own,
             own_is_root,
