@@ -192,7 +192,9 @@ fn cgroup_cpu_limit_half_a_cpu_alone() {
         cpus >= 0.4 || n2 > n1,
         "cpu usage {cpus:.3} is below 0.4 and the cap never throttled: is the limit too low, \
          or is the machine overloaded (load {})?",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     assert!(n2 > n1, "the hog was never throttled: is the cap set?");
     // inspect's own usage agrees that the task burns cpu
