@@ -90,12 +90,21 @@ build_image() { # NAME LAYERS(0=busybox only)
 say "building images (busybox, and 4 x ${LAYER_MB} MB layers) and pushing them"
 build_image busybox 0
 build_image big 4
-SIZE_MB=$(du -sm "$WORK/oci-big/blobs" | cut -f1)
+SIZE_MB=$(python3 - "$WORK/oci-big" <<'PY'
+import json, sys, os
+root = sys.argv[1]
+def blob(d):
+    return os.path.join(root, "blobs", *d.split(":"))
+index = json.load(open(os.path.join(root, "index.json")))
+manifest = json.load(open(blob(index["manifests"][-1]["digest"])))
+print(round(sum(l["size"] for l in manifest["layers"]) / 2**20))
+PY
+)
 REF=127.0.0.1:$REG_PORT/big:t
 
 # ---- 1. pull + unpack ---------------------------------------------------------------------------
 : >"$WORK/berth.ms"; : >"$WORK/ref.ms"
-say "pull+unpack of $REF ($SIZE_MB MB of blobs): $N_PULL interleaved iterations"
+say "pull+unpack of $REF ($SIZE_MB MB of compressed layers): $N_PULL interleaved iterations"
 for i in $(seq 1 "$N_PULL"); do
   t=$EPOCHREALTIME
   "$BERTH" image --work-dir "$WORK/pull-$i" pull "$REF" >/dev/null 2>&1
@@ -136,7 +145,7 @@ RUNNING=$(curl -fs "$URL/api/berth/v1/tasks" | python3 -c 'import json,sys; prin
 
 echo
 echo "================ berth image benchmark ($(nproc) cpus, load $(cut -d' ' -f1 /proc/loadavg)) ================"
-printf '%-58s %10s\n' "pull + unpack, $SIZE_MB MB in 5 layers (p50 ms)" ""
+printf '%-58s %10s\n' "pull + unpack, $SIZE_MB MB of layers, 5 layers (p50 ms)" ""
 printf '%-58s %10s\n' "  berth image pull" "$B"
 printf '%-58s %10s\n' "  skopeo copy + umoci unpack" "$R"
 printf '%-58s %10s\n' "  ratio berth / (skopeo + umoci)" "$(awk -v b="$B" -v r="$R" 'BEGIN {printf "%.2fx", b/r}')"
