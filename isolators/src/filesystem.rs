@@ -199,16 +199,7 @@ impl FilesystemIsolator {
             Some(&spec.sandbox),
             &["rbind", "rw", "nosuid", "nodev"],
         ));
-        for (i, v) in spec.options.volumes.iter().enumerate() {
-            let (host, container) = self.resolve_volume(spec, i, v)?;
-            let ro = if v.read_only { "ro" } else { "rw" };
-            mounts.push(mount(
-                &container,
-                "bind",
-                Some(&host),
-                &["rbind", ro, "nosuid", "nodev"],
-            ));
-        }
+        mounts.extend(self.volume_mounts(spec)?);
         Ok(FilesystemPlan {
             root: self.rootfs_dir(&spec.id),
             source: RootfsSource::HostBind,
@@ -232,6 +223,25 @@ impl FilesystemIsolator {
             return None;
         }
         Some((inside.to_str()?.to_string(), real))
+    }
+
+    /// The bind mounts of the task's volumes (checked by [`Self::resolve_volume`]), in order.
+    fn volume_mounts(&self, spec: &ContainerSpec) -> Result<Vec<MountSpec>, IsolatorError> {
+        spec.options
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (host, container) = self.resolve_volume(spec, i, v)?;
+                let ro = if v.read_only { "ro" } else { "rw" };
+                Ok(mount(
+                    &container,
+                    "bind",
+                    Some(&host),
+                    &["rbind", ro, "nosuid", "nodev"],
+                ))
+            })
+            .collect()
     }
 
     /// Checks volume `i` of `spec`: returns its host source (canonical) and container path.

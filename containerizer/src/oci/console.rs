@@ -154,17 +154,13 @@ impl Relay {
 
     /// Relays for our child `pid` and returns its status.
     pub fn run(self, pid: i32, sfd: &SignalFd) -> i32 {
-        // SAFETY: pidfd_open of our own unreaped child.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        let pidfd = super::proc::child_pidfd(pid);
         let send = |sig: i32| {
             // SAFETY: kill(2) of our own unreaped child.
             unsafe { libc::kill(pid, sig) };
         };
-        self.pump(raw, sfd, &send);
-        if raw >= 0 {
-            // SAFETY: closing the pidfd opened above.
-            unsafe { libc::close(raw) };
-        }
+        self.pump(pidfd.as_ref().map_or(-1, |fd| fd.as_raw_fd()), sfd, &send);
+        drop(pidfd);
         super::exec::wait_child(pid)
     }
 }

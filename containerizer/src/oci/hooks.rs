@@ -111,11 +111,7 @@ fn tail(mut f: std::fs::File) -> String {
 
 /// Waits for our child `pid` at most `timeout`; kills it when the time is up.
 fn wait_hook(pid: i32, timeout: Option<Duration>) -> Result<i32, String> {
-    // SAFETY: pidfd_open of our own unreaped child (its pid cannot be reused before we wait).
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw >= 0 {
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    if let Some(fd) = super::proc::child_pidfd(pid) {
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,

@@ -16,7 +16,7 @@ use super::OciError;
 use super::console;
 use super::exec::{self, Launch, differing_namespaces};
 use super::hooks::{self, HookKind};
-use super::proc::PidFd;
+use super::proc::{PidFd, child_pidfd};
 use super::runtime::{CreateOptions, Runtime, read_spec};
 use super::shim;
 use super::state::{OciState, Status, write_pid_file};
@@ -544,15 +544,13 @@ fn wait_exited(
 
 /// Waits for our child `pid` (a pidfd, so no SIGCHLD handling), forwarding signals to it.
 pub(super) fn wait_child_forwarding(pid: i32, sfd: &SignalFd) -> i32 {
-    // SAFETY: pidfd_open of our own unreaped child.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if raw >= 0 {
+    if let Some(pidfd) = child_pidfd(pid) {
         let send = |sig: i32| {
             // SAFETY: kill(2) of our own unreaped child.
             unsafe { libc::kill(pid, sig) };
         };
         loop {
-            let ready = poll_in(&[raw, sfd.as_raw_fd()], -1);
+            let ready = poll_in(&[pidfd.as_raw_fd(), sfd.as_raw_fd()], -1);
             if ready[1] != 0 {
                 forward_pending(sfd, &send);
             }
@@ -560,8 +558,6 @@ pub(super) fn wait_child_forwarding(pid: i32, sfd: &SignalFd) -> i32 {
                 break;
             }
         }
-        // SAFETY: closing the pidfd we opened above.
-        unsafe { libc::close(raw) };
     }
     exec::wait_child(pid)
 }

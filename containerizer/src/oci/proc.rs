@@ -30,6 +30,24 @@ pub fn alive(pid: i32, start: u64) -> bool {
     state.is_some_and(|s| s != "Z" && s != "X") && parse_start_time(&stat) == Some(start)
 }
 
+/// `pidfd_open(pid, 0)`: the one place this runtime makes the call.
+fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+}
+
+/// A pidfd of our own unreaped child (its pid cannot be reused before we wait for it):
+/// readable once it exits, so it can be polled beside other descriptors instead of waiting for
+/// SIGCHLD. `None` when the kernel refuses (the caller then just waits for the child).
+pub fn child_pidfd(pid: i32) -> Option<OwnedFd> {
+    pidfd_open(pid).ok()
+}
+
 /// A pidfd of a process checked to be the one that started at `start`.
 #[derive(Debug)]
 pub struct PidFd {
@@ -41,16 +59,11 @@ impl PidFd {
     /// `pidfd_open(pid)`, then the start time is compared (the pidfd pins the process, so
     /// the check cannot race with pid reuse). `Ok(None)`: the process is gone.
     pub fn open(pid: i32, start: u64) -> Result<Option<PidFd>, Errno> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if raw < 0 {
-            return match Errno::last() {
-                Errno::ESRCH => Ok(None),
-                e => Err(e),
-            };
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let fd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(Errno::ESRCH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if !alive(pid, start) {
             return Ok(None);
         }

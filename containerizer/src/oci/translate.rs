@@ -34,16 +34,9 @@ use oci_spec::runtime::{
 pub use super::placement::{CgroupPlacement, DEFAULT_CGROUP_BASE};
 use super::resources;
 
-/// The spec's default device nodes (config-linux.md "Default Devices"); `/dev/ptmx` is a link
-/// to `pts/ptmx` made by the shim.
-pub const DEFAULT_DEVICES: [&str; 6] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-    "/dev/tty",
-];
+/// The spec's default device nodes (config-linux.md "Default Devices") are the ones every berth
+/// container gets; `/dev/ptmx` is a link to `pts/ptmx` made by the shim.
+pub use berth_isolators::filesystem::DEFAULT_DEVICES;
 
 /// A config that berth cannot run, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -69,16 +69,7 @@ impl FilesystemIsolator {
             Some(Path::new("tmpfs")),
             &["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"],
         ));
-        for (i, v) in spec.options.volumes.iter().enumerate() {
-            let (host, container) = self.resolve_volume(spec, i, v)?;
-            let ro = if v.read_only { "ro" } else { "rw" };
-            mounts.push(mount(
-                &container,
-                "bind",
-                Some(&host),
-                &["rbind", ro, "nosuid", "nodev"],
-            ));
-        }
+        mounts.extend(self.volume_mounts(spec)?);
         Ok(FilesystemPlan {
             root: self.rootfs_dir(&spec.id),
             source: RootfsSource::Overlay {
