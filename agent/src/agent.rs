@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     checkpoint,
-    link::{AgentPort, AgentRegistration, MasterLink, RunningTask},
+    link::{AgentCore, AgentPort, AgentRegistration, MasterLink},
     metrics::Metrics,
     resources::ResourceSet,
     status_updates::StatusUpdateManager,
@@ -28,8 +28,10 @@ pub use crate::task_spec::labels;
 /// Static settings of the agent.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
-    /// Agent id.
+    /// The agent id checkpointed by an earlier registration (empty before the first one).
     pub id: String,
+    /// The port masters reach the agent's libprocess/HTTP server on.
+    pub port: u16,
     /// Hostname.
     pub hostname: String,
     /// Total resources offered.
@@ -56,6 +58,11 @@ pub struct Agent {
     kill_requests: Mutex<BTreeMap<String, Duration>>,
     master: OnceLock<Arc<dyn MasterLink>>,
     updates: StatusUpdateManager,
+    /// The id the master gave the agent (None until the first registration).
+    agent_id: Mutex<Option<String>>,
+    /// Resources the master asked to checkpoint (reservations, persistent volumes).
+    checkpointed_resources: Mutex<Vec<mesos::Resource>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     /// Metrics shared with the HTTP layer.
     pub metrics: Arc<Metrics>,
     started: Instant,
@@ -85,6 +92,8 @@ impl Agent {
         containerizer: Arc<Containerizer>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let agent_id = Some(settings.id.clone()).filter(|id| !id.is_empty());
+        let checkpointed = load_checkpointed_resources(&settings.meta_dir);
         Arc::new(Self {
             settings,
             containerizer,
@@ -92,6 +101,9 @@ impl Agent {
             kill_requests: Mutex::new(BTreeMap::new()),
             master: OnceLock::new(),
             updates: StatusUpdateManager::new(),
+            agent_id: Mutex::new(agent_id),
+            checkpointed_resources: Mutex::new(checkpointed),
+            shutdown: tokio::sync::watch::channel(false).0,
             metrics,
             started: Instant::now(),
         })
@@ -116,33 +128,23 @@ impl Agent {
         self.settings.meta_dir.join("tasks")
     }
 
-    /// Connects the agent to its master and registers, reporting the tasks it already runs.
+    /// The id the master gave the agent, once registered (or from the checkpoint).
+    pub fn agent_id(&self) -> Option<String> {
+        self.agent_id.lock().expect("agent id lock").clone()
+    }
+
+    /// Resolves when a master asked the agent to shut down.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|asked| *asked).await;
+    }
+
+    /// Hands the agent its master link. The link registers (it asks [`AgentCore::registration`]);
+    /// every update not yet acknowledged is queued again, in order, and sent once registered.
     pub fn connect(self: &Arc<Self>, master: Arc<dyn MasterLink>) {
-        let _ = self.master.set(master.clone());
-        let tasks = self
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .values()
-            .filter(|t| !task::is_terminal(&t.state))
-            .map(|t| RunningTask {
-                framework_id: t.framework_id.clone(),
-                task_id: t.id.clone(),
-                name: t.name.clone(),
-                resources: limits_resources(&t.limits),
-                state: mesos::TaskState::from_str_name(&t.state)
-                    .unwrap_or(mesos::TaskState::TaskRunning),
-            })
-            .collect();
-        master.register(AgentRegistration {
-            id: self.settings.id.clone(),
-            hostname: self.settings.hostname.clone(),
-            resources: self.settings.resources.clone(),
-            attributes: self.settings.attributes.clone(),
-            tasks,
-        });
-        // Re-send every update the master has not acknowledged yet, in order.
+        let _ = self.master.set(master);
         let pending: Vec<(String, String, mesos::TaskStatus)> = {
+            let agent_id = self.agent_id().unwrap_or_default();
             let tasks = self.tasks.lock().expect("tasks lock");
             tasks
                 .values()
@@ -154,9 +156,10 @@ impl Agent {
                             (
                                 t.framework_id.clone(),
                                 t.id.clone(),
-                                s.to_proto(&t.id, &self.settings.id, &t.container_id),
+                                s.to_proto(&t.id, &agent_id, &t.container_id),
                             )
                         })
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         };
@@ -165,7 +168,6 @@ impl Agent {
         }
         let agent = self.clone();
         tokio::spawn(async move { agent.retry_loop().await });
-        self.flush_updates();
     }
 
     async fn retry_loop(self: Arc<Self>) {
@@ -180,8 +182,25 @@ impl Agent {
         let Some(master) = self.master.get() else {
             return;
         };
+        // Mesos pauses the status update manager while the agent is not registered.
+        if !master.is_registered() {
+            return;
+        }
         for (framework_id, status) in self.updates.due(Instant::now()) {
-            master.status_update(&framework_id, status);
+            let latest = self
+                .tasks
+                .lock()
+                .expect("tasks lock")
+                .get(&status.task_id.value)
+                .and_then(|t| mesos::TaskState::from_str_name(&t.state))
+                .unwrap_or(status.state());
+            // The agent id in an update is the current one (it may have been assigned after
+            // the update was checkpointed).
+            let mut status = status;
+            if let Some(id) = self.agent_id() {
+                status.agent_id = Some(mesos::AgentId { value: id });
+            }
+            master.status_update(&framework_id, status, latest);
         }
     }
 
@@ -438,7 +457,12 @@ impl Agent {
             if state == mesos::TaskState::TaskRunning && task.started_at.is_none() {
                 task.started_at = Some(record.timestamp);
             }
-            let status = record.to_proto(&task.id, &self.settings.id, &task.container_id);
+            let agent_id = self.agent_id.lock().expect("agent id lock").clone();
+            let status = record.to_proto(
+                &task.id,
+                agent_id.as_deref().unwrap_or(""),
+                &task.container_id,
+            );
             task.statuses.push(record);
             // Checkpointed before it is sent: nothing is lost on a crash.
             self.checkpoint_task(task);
@@ -644,13 +668,6 @@ fn signal_name(sig: i32) -> &'static str {
         .unwrap_or("unknown")
 }
 
-fn limits_resources(limits: &TaskLimits) -> ResourceSet {
-    let mut set = ResourceSet::default();
-    set.scalars.insert("cpus".into(), limits.cpus);
-    set.scalars.insert("mem".into(), limits.mem_mb);
-    set
-}
-
 impl AgentPort for Arc<Agent> {
     fn run_task(&self, framework: &mesos::FrameworkInfo, task: mesos::TaskInfo) {
         let framework_id = framework
@@ -667,8 +684,10 @@ impl AgentPort for Arc<Agent> {
             .and_then(|k| k.grace_period.as_ref())
             .map(|d| Duration::from_nanos(d.nanoseconds.max(0) as u64))
             .unwrap_or(self.settings.default_grace);
+        let agent_id = self.agent_id().unwrap_or_default();
         let built = container_config(
             &self.settings,
+            &agent_id,
             &framework_id,
             &container_id,
             &task,
@@ -701,6 +720,7 @@ impl AgentPort for Arc<Agent> {
                 started_at: None,
                 exit_code: None,
                 grace_secs: grace.as_secs_f64(),
+                framework_info: Some(berth_proto::codec::to_json(framework)),
             };
             self.checkpoint_task(&record);
             tasks.insert(task_id.clone(), record);
@@ -768,6 +788,155 @@ impl AgentPort for Arc<Agent> {
             .collect();
         for id in ids {
             self.kill_task(framework_id, &id, None);
+        }
+    }
+}
+
+impl AgentCore for Arc<Agent> {
+    fn registration(&self) -> AgentRegistration {
+        let agent_id = self.agent_id();
+        let records: Vec<TaskRecord> = self.tasks().into_iter().filter(|t| t.is_active()).collect();
+        let mut frameworks: BTreeMap<String, mesos::FrameworkInfo> = BTreeMap::new();
+        for record in &records {
+            let info = record
+                .framework_info
+                .as_ref()
+                .and_then(|v| serde_json::to_vec(v).ok())
+                .and_then(|b| berth_proto::codec::from_json::<mesos::FrameworkInfo>(&b).ok())
+                .unwrap_or_else(|| mesos::FrameworkInfo {
+                    user: String::new(),
+                    name: record.framework_id.clone(),
+                    id: Some(mesos::FrameworkId {
+                        value: record.framework_id.clone(),
+                    }),
+                    ..Default::default()
+                });
+            frameworks
+                .entry(record.framework_id.clone())
+                .or_insert(info);
+        }
+        AgentRegistration {
+            id: agent_id.clone(),
+            hostname: self.settings.hostname.clone(),
+            port: self.settings.port,
+            resources: self.settings.resources.clone(),
+            attributes: self.settings.attributes.clone(),
+            tasks: records
+                .iter()
+                .map(|r| r.to_mesos_task(agent_id.as_deref().unwrap_or("")))
+                .collect(),
+            frameworks: frameworks.into_values().collect(),
+            checkpointed_resources: self
+                .checkpointed_resources
+                .lock()
+                .expect("resources lock")
+                .clone(),
+        }
+    }
+
+    fn registered(&self, agent_id: &str) {
+        let changed = {
+            let mut current = self.agent_id.lock().expect("agent id lock");
+            let changed = current.as_deref() != Some(agent_id);
+            *current = Some(agent_id.to_string());
+            changed
+        };
+        if changed {
+            let path = self.settings.meta_dir.join("agent.json");
+            if let Err(err) = checkpoint::write_json(&path, &serde_json::json!({"id": agent_id})) {
+                warn!(agent_id, error = %err, "checkpointing the agent id failed");
+            }
+        }
+        self.updates.resume();
+        self.flush_updates();
+    }
+
+    fn reconcile(&self, framework_id: &str, task_ids: Vec<String>) {
+        let known: Vec<String> = task_ids
+            .into_iter()
+            .filter(|id| !self.tasks.lock().expect("tasks lock").contains_key(id))
+            .collect();
+        let Some(master) = self.master.get() else {
+            return;
+        };
+        for task_id in known {
+            // Mesos: a task the master believes in and the agent does not know is gone.
+            // Reconciliation answers carry no uuid and are not acknowledged.
+            let mut status = mesos::TaskStatus {
+                task_id: mesos::TaskId {
+                    value: task_id.clone(),
+                },
+                agent_id: self.agent_id().map(|value| mesos::AgentId { value }),
+                timestamp: Some(task::now()),
+                message: Some("the agent does not know this task".into()),
+                ..Default::default()
+            };
+            status.set_state(mesos::TaskState::TaskLost);
+            status.set_reason(mesos::task_status::Reason::Reconciliation);
+            status.set_source(mesos::task_status::Source::Agent);
+            info!(
+                framework_id,
+                task_id, "reconciliation: unknown task reported lost"
+            );
+            master.status_update(framework_id, status, mesos::TaskState::TaskLost);
+        }
+    }
+
+    fn update_framework(&self, info: mesos::FrameworkInfo) {
+        let Some(framework_id) = info.id.as_ref().map(|f| f.value.clone()) else {
+            return;
+        };
+        let json = berth_proto::codec::to_json(&info);
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        for task in tasks
+            .values_mut()
+            .filter(|t| t.framework_id == framework_id)
+        {
+            task.framework_info = Some(json.clone());
+            self.checkpoint_task(task);
+        }
+    }
+
+    fn checkpoint_resources(&self, resources: Vec<mesos::Resource>) {
+        let record = CheckpointedResources { resources };
+        let path = self.settings.meta_dir.join("resources.json");
+        if let Err(err) = checkpoint::write_json(&path, &berth_proto::codec::to_json(&record)) {
+            warn!(error = %err, "checkpointing resources failed");
+        }
+        info!(
+            count = record.resources.len(),
+            "checkpointed resources from the master"
+        );
+        *self.checkpointed_resources.lock().expect("resources lock") = record.resources;
+    }
+
+    fn shutdown(&self, message: &str) {
+        warn!(
+            reason = message,
+            "shutting down at the master's request; the agent id is forgotten"
+        );
+        // A removed agent must register anew (Mesos: a new agent id) when it comes back.
+        let _ = std::fs::remove_file(self.settings.meta_dir.join("agent.json"));
+        *self.agent_id.lock().expect("agent id lock") = None;
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// The checkpoint of `CheckpointResourcesMessage` resources.
+type CheckpointedResources = berth_proto::mesos::internal::CheckpointResourcesMessage;
+
+fn load_checkpointed_resources(meta_dir: &std::path::Path) -> Vec<mesos::Resource> {
+    let path = meta_dir.join("resources.json");
+    match checkpoint::read_json::<serde_json::Value>(&path) {
+        Ok(Some(value)) => serde_json::to_vec(&value)
+            .ok()
+            .and_then(|bytes| berth_proto::codec::from_json::<CheckpointedResources>(&bytes).ok())
+            .map(|c| c.resources)
+            .unwrap_or_default(),
+        Ok(None) => Vec::new(),
+        Err(err) => {
+            warn!(path = %path.display(), error = %err, "unreadable resource checkpoint ignored");
+            Vec::new()
         }
     }
 }

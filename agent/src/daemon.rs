@@ -29,8 +29,15 @@ use crate::{
     checkpoint,
     http::{self, AppState},
     isolation::{IsolationFlags, IsolatorPaths, build_isolators},
-    link::AgentPort,
-    master::EmbeddedMaster,
+    libprocess::{self, Processes, Upid, transport::Transport},
+    master::{
+        server::{MasterOptions, start_master},
+        wire::PingSettings,
+    },
+    mesos::{
+        detector::{DetectOptions, MasterSource, detect_with, parse_master},
+        link::{AGENT_PROCESS_ID, MesosLink, advertise_ip},
+    },
     metrics::Metrics,
     resources::{self, ResourceSet},
 };
@@ -48,12 +55,26 @@ pub enum LogFormat {
 /// Flags of `berth agent`.
 #[derive(Debug, Args)]
 pub struct AgentFlags {
-    /// Run with an embedded single-node master (development mode).
-    #[arg(long)]
+    /// Run with an embedded master (development mode): it gets its own port (--dev-master-listen)
+    /// and the agent registers with it over the Mesos wire protocol, as with --master.
+    #[arg(long, conflicts_with = "master")]
     pub dev: bool,
-    /// Master to register with (HOST:PORT or zk://...). Not supported yet: use --dev.
-    #[arg(long)]
+    /// Master to register with: `HOST:PORT`, `master@IP:PORT`, `zk://[user:pass@]h1:2181,h2:2181/mesos`
+    /// or `file:///path` holding one of those.
+    #[arg(long, required_unless_present = "dev")]
     pub master: Option<String>,
+    /// Address of the embedded master in --dev mode (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub dev_master_listen: SocketAddr,
+    /// IP masters reach this agent on (NAT), when it differs from --listen.
+    #[arg(long)]
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Port masters reach this agent on (NAT), when it differs from --listen.
+    #[arg(long)]
+    pub advertise_port: Option<u16>,
+    /// ZooKeeper session timeout for --master zk://..., seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub zk_session_timeout: f64,
     /// Directory for checkpoints, sandboxes and images.
     #[arg(long, default_value = "/var/lib/berth")]
     pub work_dir: PathBuf,
@@ -99,11 +120,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("berth agent must run as root: it creates namespaces and cgroups");
     }
-    if !flags.dev {
-        bail!(
-            "only --dev (embedded master) is supported so far; --master {} is not implemented yet",
-            flags.master.as_deref().unwrap_or("HOST:PORT")
-        );
+    if !flags.dev && flags.master.is_none() {
+        bail!("berth agent needs --master HOST:PORT|zk://... or --dev");
     }
     // 2. Directories and the work dir lock.
     for dir in [&flags.work_dir, &flags.runtime_dir] {
@@ -135,7 +153,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     };
     let attributes = resources::parse_attributes(&flags.attributes).context("--attributes")?;
     let meta_dir = flags.work_dir.join("meta");
-    let agent_id = load_or_create_agent_id(&meta_dir)?;
+    let agent_id = load_agent_id(&meta_dir)?;
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -183,8 +201,13 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         )?
         .with_image_store(Arc::new(images)),
     );
+    let listener = tokio::net::TcpListener::bind(flags.listen)
+        .await
+        .with_context(|| format!("listening on {}", flags.listen))?;
+    let bound = listener.local_addr()?;
     let settings = AgentSettings {
         id: agent_id,
+        port: flags.advertise_port.unwrap_or(bound.port()),
         hostname,
         resources,
         attributes,
@@ -203,23 +226,68 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         .recover()
         .await
         .context("recovering checkpointed tasks")?;
-    // 6. Master and HTTP.
-    let master = EmbeddedMaster::new();
-    master.attach(Arc::new(agent.clone()) as Arc<dyn AgentPort>);
-    agent.connect(master.clone());
-    let listener = tokio::net::TcpListener::bind(flags.listen)
-        .await
-        .with_context(|| format!("listening on {}", flags.listen))?;
+    // 6. The master link (libprocess over the agent's HTTP server), the master, HTTP.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let embedded = if flags.dev {
+        let mut rx = shutdown_rx.clone();
+        let running = start_master(
+            MasterOptions {
+                listen: flags.dev_master_listen,
+                advertise_ip: None,
+                hostname: agent.settings().hostname.clone(),
+                ping: PingSettings::default(),
+                zk: None,
+                zk_session_timeout: Duration::from_secs(10),
+            },
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )
+        .await?;
+        Some(running)
+    } else {
+        None
+    };
+    let master_flag = match &embedded {
+        Some(running) => running.pid.to_string(),
+        None => flags.master.clone().unwrap_or_default(),
+    };
+    let detector = detect_with(
+        &master_flag,
+        DetectOptions {
+            zk_session_timeout: Duration::from_secs_f64(flags.zk_session_timeout.max(1.0)),
+        },
+    )
+    .await
+    .context("--master")?;
+    let toward = detector
+        .leader()
+        .borrow()
+        .as_ref()
+        .map(|l| SocketAddr::new(l.ip, l.port))
+        .or_else(|| first_zk_server(&master_flag));
+    let ip = advertise_ip(bound, flags.advertise_ip, toward);
+    let me = Upid::new(AGENT_PROCESS_ID, SocketAddr::new(ip, agent.settings().port));
+    let transport = Transport::new(me.clone());
+    let processes = Processes::new();
+    let link = MesosLink::new(transport);
+    processes.add(AGENT_PROCESS_ID, link.clone());
+    agent.connect(link.clone());
     let app = http::router(AppState {
         agent: agent.clone(),
-        master: Some(master),
-    });
+        master: embedded.as_ref().map(|m| m.master.clone()),
+        link: Some(link.clone()),
+    })
+    .merge(libprocess::router(processes));
     info!(
-        listen = %flags.listen,
-        agent_id = %agent.settings().id,
+        listen = %bound,
+        pid = %me,
+        master = %master_flag,
+        agent_id = ?agent.agent_id(),
         resources = %agent.settings().resources,
-        "berth agent ready (embedded master)"
+        "berth agent ready"
     );
+    let server_agent = agent.clone();
     let server = tokio::spawn(async move {
         // Event streams carry small records: without TCP_NODELAY, Nagle + delayed ACKs hold
         // each one ~40 ms (measured by tests/bench).
@@ -227,11 +295,18 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             let _ = tcp.set_nodelay(true);
         });
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = server_agent.shutdown_requested() => {}
+                }
+            })
             .await
     });
+    link.start(Arc::new(agent.clone()), detector.leader());
+    let listen = bound;
     if let Some(command) = flags.sample_task.clone() {
-        let agent_url = format!("http://{}", flags.listen);
+        let agent_url = format!("http://{listen}");
         tokio::spawn(async move {
             let args = crate::cli::RunArgs::sample(&command);
             match crate::cli::run::run(&agent_url, args).await {
@@ -241,8 +316,16 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         });
     }
     server.await??;
-    info!("shutting down: killing tasks");
-    agent.kill_all(Duration::from_secs(3)).await;
+    let _ = shutdown_tx.send(true);
+    drop(detector);
+    // Mesos semantics: an agent that stops leaves its tasks running and recovers them when it
+    // starts again; only --dev (a throw-away node) or a master's shutdown order kill them.
+    if flags.dev || agent.agent_id().is_none() {
+        info!("shutting down: killing tasks");
+        agent.kill_all(Duration::from_secs(3)).await;
+    } else {
+        info!("shutting down: tasks keep running and are recovered at the next start");
+    }
     // The base cgroups are berth's own: remove them when no container is left in them.
     for dir in cgroups.base_dirs() {
         match std::fs::remove_dir(&dir) {
@@ -288,14 +371,19 @@ fn lock_work_dir(work_dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-fn load_or_create_agent_id(meta_dir: &Path) -> anyhow::Result<String> {
+/// The agent id a master gave in an earlier run (empty before the first registration).
+fn load_agent_id(meta_dir: &Path) -> anyhow::Result<String> {
     let path = meta_dir.join("agent.json");
-    if let Some(value) = checkpoint::read_json::<serde_json::Value>(&path)?
-        && let Some(id) = value.get("id").and_then(|v| v.as_str())
-    {
-        return Ok(id.to_string());
-    }
-    let id = format!("{}-S0", uuid::Uuid::new_v4());
-    checkpoint::write_json(&path, &serde_json::json!({"id": id}))?;
-    Ok(id)
+    Ok(checkpoint::read_json::<serde_json::Value>(&path)?
+        .and_then(|value| value.get("id").and_then(|v| v.as_str()).map(str::to_string))
+        .unwrap_or_default())
+}
+
+/// The first ZooKeeper server of a `zk://` master (to pick the interface to advertise).
+fn first_zk_server(master: &str) -> Option<SocketAddr> {
+    let MasterSource::ZooKeeper(url) = parse_master(master).ok()? else {
+        return None;
+    };
+    let first = url.servers.split(',').next()?;
+    std::net::ToSocketAddrs::to_socket_addrs(first).ok()?.next()
 }

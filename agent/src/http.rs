@@ -28,6 +28,8 @@ pub struct AppState {
     pub agent: Arc<Agent>,
     /// The embedded master, in `--dev` mode.
     pub master: Option<Arc<EmbeddedMaster>>,
+    /// The link to the leading master.
+    pub link: Option<Arc<crate::mesos::link::MesosLink>>,
 }
 
 /// Builds the router.
@@ -67,11 +69,19 @@ async fn health() -> Json<Value> {
 async fn scheduler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match state.master {
         Some(master) => scheduler_api::handle(master, headers, body).await,
-        None => (
-            StatusCode::NOT_FOUND,
-            "this agent runs without an embedded master (use --dev)",
-        )
-            .into_response(),
+        // Mesos: scheduler calls belong to the leading master; point the client there.
+        None => match state.link.as_ref().and_then(|l| l.master()) {
+            Some(leader) => (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(
+                    axum::http::header::LOCATION,
+                    format!("http://{}/api/v1/scheduler", leader.addr),
+                )],
+                "the scheduler API is served by the leading master",
+            )
+                .into_response(),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "no leading master").into_response(),
+        },
     }
 }
 

@@ -6,8 +6,10 @@
 //!   recovery), the HTTP server and shutdown.
 //! - [`agent`]: tasks and their state machine; launches through the containerizer; status
 //!   updates checkpointed before they are sent and kept until acknowledged ([`status_updates`]).
-//! - [`link`]: the agent ↔ master traits; [`master`]: the embedded offer-based master and its
-//!   Mesos v1 scheduler HTTP API; [`mesos`]: a real Mesos master (ZooKeeper leader detection).
+//! - [`link`]: the agent ↔ master traits; [`libprocess`]: Mesos' messaging over HTTP;
+//!   [`mesos`]: the agent's side of the Mesos agent protocol (ZooKeeper leader detection,
+//!   registration, the master's messages); [`master`]: the embedded offer-based master (the
+//!   same wire protocol from the master's side) and its Mesos v1 scheduler HTTP API.
 //! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`.
 //! - [`cli`]: `berth run | ps | logs | kill | inspect`.
 #![warn(missing_docs)]
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod daemon;
 pub mod http;
 pub mod isolation;
+pub mod libprocess;
 pub mod link;
 pub mod master;
 pub mod mesos;

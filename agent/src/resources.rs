@@ -244,6 +244,20 @@ fn remove_range(ranges: Vec<(u64, u64)>, begin: u64, end: u64) -> Vec<(u64, u64)
 }
 
 /// Parses `--attributes` (`rack:r1;zone:a`) into Mesos text attributes.
+/// A Mesos TEXT attribute.
+pub fn text_attribute(name: &str, value: &str) -> mesos::Attribute {
+    let mut attribute = mesos::Attribute {
+        name: name.to_string(),
+        text: Some(mesos::value::Text {
+            value: value.to_string(),
+        }),
+        ..Default::default()
+    };
+    attribute.set_type(mesos::value::Type::Text);
+    attribute
+}
+
+/// Parses `--attributes`.
 pub fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, ResourcesError> {
     text.split(';')
         .map(str::trim)

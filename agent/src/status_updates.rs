@@ -94,6 +94,15 @@ impl StatusUpdateManager {
         true
     }
 
+    /// Makes the front update of every stream due now (after a (re-)registration: Mesos
+    /// resumes its status update manager and re-sends at once). Backoffs are reset.
+    pub fn resume(&self) {
+        for stream in self.streams.lock().expect("streams lock").values_mut() {
+            stream.next_send = None;
+            stream.backoff = RETRY_INITIAL;
+        }
+    }
+
     /// Number of unacknowledged updates.
     pub fn pending(&self) -> usize {
         self.streams

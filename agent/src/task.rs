@@ -35,6 +35,9 @@ pub struct TaskRecord {
     pub exit_code: Option<i32>,
     /// Kill grace period, seconds.
     pub grace_secs: f64,
+    /// The launching framework's FrameworkInfo as Mesos JSON (reported when re-registering).
+    #[serde(default)]
+    pub framework_info: Option<serde_json::Value>,
 }
 
 /// Limits of a task's container, as derived from its resources and labels.
@@ -103,6 +106,57 @@ impl StatusRecord {
             status.set_source(source);
         }
         status
+    }
+}
+
+impl TaskRecord {
+    /// Whether the task still matters to a master: running, or ended with updates the master
+    /// has not acknowledged yet (Mesos keeps such tasks, and their resources, until then).
+    pub fn is_active(&self) -> bool {
+        !is_terminal(&self.state) || self.statuses.iter().any(|s| !s.acked && !s.uuid.is_empty())
+    }
+
+    /// The Mesos `Task` a master is told about when the agent re-registers.
+    pub fn to_mesos_task(&self, agent_id: &str) -> mesos::Task {
+        let info: Option<mesos::TaskInfo> = serde_json::to_vec(&self.task_info)
+            .ok()
+            .and_then(|bytes| berth_proto::codec::from_json(&bytes).ok());
+        let latest = self.statuses.last();
+        // Mesos: status_update_state/uuid name the oldest update not yet acknowledged.
+        let unacked = self
+            .statuses
+            .iter()
+            .find(|s| !s.acked && !s.uuid.is_empty());
+        let state_of = |name: &str| {
+            mesos::TaskState::from_str_name(name).unwrap_or(mesos::TaskState::TaskStaging) as i32
+        };
+        mesos::Task {
+            name: self.name.clone(),
+            task_id: mesos::TaskId {
+                value: self.id.clone(),
+            },
+            framework_id: mesos::FrameworkId {
+                value: self.framework_id.clone(),
+            },
+            executor_id: None,
+            agent_id: mesos::AgentId {
+                value: agent_id.to_string(),
+            },
+            state: state_of(&self.state),
+            resources: info
+                .as_ref()
+                .map(|i| i.resources.clone())
+                .unwrap_or_default(),
+            statuses: latest
+                .map(|s| vec![s.to_proto(&self.id, agent_id, &self.container_id)])
+                .unwrap_or_default(),
+            status_update_state: unacked.map(|s| state_of(&s.state)),
+            status_update_uuid: unacked.and_then(|s| hex_decode(&s.uuid)),
+            labels: info.as_ref().and_then(|i| i.labels.clone()),
+            container: info.as_ref().and_then(|i| i.container.clone()),
+            kill_policy: info.as_ref().and_then(|i| i.kill_policy.clone()),
+            user: None,
+        }
     }
 }
 

@@ -393,6 +393,7 @@ fn read_seccomp_profile(name: &str, dir: Option<&Path>) -> Result<String, String
 /// Builds the container config of a task, or says why the task is invalid.
 pub(crate) fn container_config(
     settings: &AgentSettings,
+    agent_id: &str,
     framework_id: &str,
     container_id: &str,
     task: &mesos::TaskInfo,
@@ -448,7 +449,7 @@ pub(crate) fn container_config(
         ("MESOS_SANDBOX".to_string(), sandbox.display().to_string()),
         ("MESOS_TASK_ID".to_string(), task.task_id.value.clone()),
         ("MESOS_FRAMEWORK_ID".to_string(), framework_id.to_string()),
-        ("MESOS_AGENT_ID".to_string(), settings.id.clone()),
+        ("MESOS_AGENT_ID".to_string(), agent_id.to_string()),
         ("MESOS_CONTAINER_ID".to_string(), container_id.to_string()),
     ]);
     if let Some(environment) = task.command.as_ref().and_then(|c| c.environment.as_ref()) {

@@ -56,6 +56,12 @@ fn main() {
                 ));
                 berth_agent::daemon::run(*flags).await.map(|()| 0)
             }
+            Command::Master(flags) => {
+                init_logging(flags.log_json);
+                berth_agent::master::server::run_master_command(flags)
+                    .await
+                    .map(|()| 0)
+            }
             Command::Run(args) => run::run(&cli.agent, *args).await,
             Command::Ps(args) => ops::ps(&client, args).await,
             Command::Logs(args) => ops::logs(&client, args).await,

@@ -35,6 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent.
     Agent(Box<AgentFlags>),
+    /// Run berth's offer-based master (the one `agent --dev` embeds) on its own: agents
+    /// register with it over the Mesos agent protocol; frameworks use the v1 scheduler API.
+    Master(MasterFlags),
     /// Run a command as a task (a framework on the scheduler API) and stream its output.
     Run(Box<RunArgs>),
     /// List tasks.
@@ -51,6 +54,30 @@ pub enum Command {
     Image(image::ImageArgs),
     /// berth as an OCI runtime (runc's command line: create, start, state, kill, delete, ...).
     Oci(Box<oci::OciArgs>),
+}
+
+/// Flags of `berth master`.
+#[derive(Debug, Args)]
+pub struct MasterFlags {
+    /// Address of the master's server (libprocess messages, /api/v1/scheduler, /state).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub listen: std::net::SocketAddr,
+    /// IP to advertise in the master's pid when --listen is a wildcard.
+    #[arg(long)]
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Contend for leadership in this ZooKeeper group (`zk://host:2181/mesos`).
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// Seconds between pings of an agent, and how long each pong may take (Mesos
+    /// --agent_ping_timeout).
+    #[arg(long, default_value_t = 15.0)]
+    pub agent_ping_timeout: f64,
+    /// Pings an agent may miss before it is unreachable (Mesos --max_agent_ping_timeouts).
+    #[arg(long, default_value_t = 5)]
+    pub max_agent_ping_timeouts: u32,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 /// Arguments of `berth update`.

@@ -1,18 +1,23 @@
-//! The embedded single-node master of `berth agent --dev`: an offer-based allocator for the one
-//! agent it knows, serving the Mesos v1 scheduler HTTP API ([`scheduler_api`]).
+//! berth's embedded master (`berth agent --dev`, `berth master`): an offer-based allocator for the
+//! agents registered with it over the Mesos agent wire protocol ([`wire`]), serving the Mesos v1
+//! scheduler HTTP API ([`scheduler_api`]).
 //!
-//! Allocation follows Mesos: the resources not held by tasks or by outstanding offers are offered
-//! whole to one subscribed framework at a time (round-robin), skipping frameworks that are
+//! Allocation follows Mesos: each agent's resources not held by tasks or by outstanding offers
+//! are offered whole to one subscribed framework at a time (round-robin), skipping frameworks that are
 //! suppressed or that declined with a filter still in force; an accept's unused remainder and
 //! declined offers return to the pool, and the next framework is offered it. Offers not answered
 //! within [`OFFER_TIMEOUT`] are rescinded. A framework whose event stream closes has its offers
 //! rescinded and, after its `failover_timeout`, its tasks killed.
 
+pub mod contender;
 pub mod scheduler_api;
+pub mod server;
+pub mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, OnceLock},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    link::{AgentPort, AgentRegistration, MasterLink},
+    link::{AgentPort, AgentRegistration},
     resources::ResourceSet,
     task,
 };
@@ -43,20 +48,43 @@ struct Framework {
 
 struct OutstandingOffer {
     framework_id: String,
+    agent_id: String,
     resources: ResourceSet,
     created: Instant,
 }
 
 struct MasterTask {
     framework_id: String,
+    agent_id: String,
     resources: ResourceSet,
     state: mesos::TaskState,
     latest: Option<mesos::TaskStatus>,
 }
 
+struct AgentEntry {
+    registration: AgentRegistration,
+    port: Arc<dyn AgentPort>,
+    reachable: bool,
+}
+
+/// An agent as the master's state shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentSummary {
+    /// Agent id.
+    pub id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Total resources.
+    pub resources: String,
+    /// Whether it answers pings.
+    pub reachable: bool,
+    /// Tasks the master knows on it that are not terminal.
+    pub active_tasks: usize,
+}
+
 #[derive(Default)]
 struct State {
-    agent: Option<AgentRegistration>,
+    agents: BTreeMap<String, AgentEntry>,
     frameworks: BTreeMap<String, Framework>,
     offers: HashMap<String, OutstandingOffer>,
     tasks: HashMap<String, MasterTask>,
@@ -77,23 +105,29 @@ pub enum MasterError {
 /// The embedded master.
 pub struct EmbeddedMaster {
     id: String,
+    address: SocketAddr,
+    hostname: String,
     state: Mutex<State>,
-    agent: OnceLock<Arc<dyn AgentPort>>,
 }
 
 impl EmbeddedMaster {
-    /// A master with no agent yet.
-    pub fn new() -> Arc<Self> {
+    /// A master with no agent yet, reachable at `address` (its libprocess/HTTP server).
+    pub fn new(address: SocketAddr, hostname: &str) -> Arc<Self> {
         Arc::new(Self {
             id: uuid::Uuid::new_v4().to_string(),
+            address,
+            hostname: hostname.to_string(),
             state: Mutex::new(State::default()),
-            agent: OnceLock::new(),
         })
     }
 
-    /// Gives the master its agent and starts the allocation timer.
-    pub fn attach(self: &Arc<Self>, agent: Arc<dyn AgentPort>) {
-        let _ = self.agent.set(agent);
+    /// The master's id (agent ids it assigns start with it).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the allocation timer.
+    pub fn start(self: &Arc<Self>) {
         let master = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -105,19 +139,61 @@ impl EmbeddedMaster {
         });
     }
 
-    fn agent(&self) -> Option<&Arc<dyn AgentPort>> {
-        self.agent.get()
+    fn port_of_agent(&self, agent_id: &str) -> Option<Arc<dyn AgentPort>> {
+        let state = self.state.lock().expect("master lock");
+        state.agents.get(agent_id).map(|a| a.port.clone())
     }
 
-    fn master_info(&self) -> mesos::MasterInfo {
+    fn port_of_task(&self, task_id: &str) -> Option<Arc<dyn AgentPort>> {
+        let state = self.state.lock().expect("master lock");
+        let agent_id = &state.tasks.get(task_id)?.agent_id;
+        state.agents.get(agent_id).map(|a| a.port.clone())
+    }
+
+    /// The master's `MasterInfo` (as written to ZooKeeper and sent to frameworks).
+    pub fn master_info(&self) -> mesos::MasterInfo {
+        let ip = match self.address.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
         mesos::MasterInfo {
             id: self.id.clone(),
-            ip: u32::from(std::net::Ipv4Addr::LOCALHOST),
-            port: 5050,
-            hostname: Some("localhost".into()),
-            version: Some(env!("CARGO_PKG_VERSION").into()),
+            // MasterInfo.ip is the IPv4 address in network byte order read as a host integer.
+            ip: u32::from_ne_bytes(ip.octets()),
+            port: u32::from(self.address.port()),
+            pid: Some(format!("master@{}", self.address)),
+            hostname: Some(self.hostname.clone()),
+            version: Some(crate::mesos::link::MESOS_PROTOCOL_VERSION.into()),
+            address: Some(mesos::Address {
+                hostname: Some(self.hostname.clone()),
+                ip: Some(self.address.ip().to_string()),
+                port: i32::from(self.address.port()),
+            }),
             ..Default::default()
         }
+    }
+
+    /// The agents the master knows.
+    pub fn agents(&self) -> Vec<AgentSummary> {
+        let state = self.state.lock().expect("master lock");
+        state
+            .agents
+            .values()
+            .map(|a| AgentSummary {
+                id: a.registration.id.clone().unwrap_or_default(),
+                hostname: a.registration.hostname.clone(),
+                resources: a.registration.resources.to_string(),
+                reachable: a.reachable,
+                active_tasks: state
+                    .tasks
+                    .values()
+                    .filter(|t| {
+                        Some(&t.agent_id) == a.registration.id.as_ref()
+                            && !task::is_terminal(t.state.as_str_name())
+                    })
+                    .count(),
+            })
+            .collect()
     }
 
     /// Number of subscribed frameworks and outstanding offers (for metrics/state).
@@ -232,18 +308,26 @@ impl EmbeddedMaster {
         }
     }
 
-    /// Offers the free resources to the next eligible framework.
+    /// Offers each reachable agent's free resources to the next eligible framework.
     pub fn allocate(&self) {
         let mut state = self.state.lock().expect("master lock");
-        let Some(agent) = state.agent.clone() else {
+        let agent_ids: Vec<String> = state.agents.keys().cloned().collect();
+        for agent_id in agent_ids {
+            Self::allocate_agent(&mut state, &agent_id);
+        }
+    }
+
+    fn allocate_agent(state: &mut State, agent_id: &str) {
+        let Some(agent) = state.agents.get(agent_id) else {
             return;
         };
-        if !state.offers.is_empty() {
-            return; // one offer at a time holds everything that is free
+        if !agent.reachable || state.offers.values().any(|o| o.agent_id == agent_id) {
+            return; // one offer at a time holds everything that is free on an agent
         }
-        let mut free = agent.resources.clone();
+        let registration = agent.registration.clone();
+        let mut free = registration.resources.clone();
         for task in state.tasks.values() {
-            if !task::is_terminal(task.state.as_str_name()) {
+            if task.agent_id == agent_id && !task::is_terminal(task.state.as_str_name()) {
                 free.subtract(&task.resources);
             }
         }
@@ -265,10 +349,6 @@ impl EmbeddedMaster {
         let pick = eligible[state.round_robin % eligible.len()].clone();
         state.round_robin = state.round_robin.wrapping_add(1);
         let offer_id = uuid::Uuid::new_v4().to_string();
-        let mut attributes = Vec::new();
-        for (name, value) in &agent.attributes {
-            attributes.push(text_attribute(name, value));
-        }
         let offer = mesos::Offer {
             id: mesos::OfferId {
                 value: offer_id.clone(),
@@ -277,17 +357,22 @@ impl EmbeddedMaster {
                 value: pick.clone(),
             },
             agent_id: mesos::AgentId {
-                value: agent.id.clone(),
+                value: agent_id.to_string(),
             },
-            hostname: agent.hostname.clone(),
+            hostname: registration.hostname.clone(),
             resources: free.to_proto(),
-            attributes,
+            attributes: registration
+                .attributes
+                .iter()
+                .map(|(name, value)| crate::resources::text_attribute(name, value))
+                .collect(),
             ..Default::default()
         };
         state.offers.insert(
             offer_id,
             OutstandingOffer {
                 framework_id: pick.clone(),
+                agent_id: agent_id.to_string(),
                 resources: free,
                 created: now,
             },
@@ -299,7 +384,7 @@ impl EmbeddedMaster {
             }),
             ..Default::default()
         };
-        Self::send(&state, &pick, event);
+        Self::send(state, &pick, event);
     }
 
     /// Rescinds stale offers and tears down frameworks whose failover timeout passed.
@@ -349,8 +434,12 @@ impl EmbeddedMaster {
                 drop(framework.stream);
             }
         }
-        if let Some(agent) = self.agent() {
-            agent.shutdown_framework(framework_id);
+        let ports: Vec<Arc<dyn AgentPort>> = {
+            let state = self.state.lock().expect("master lock");
+            state.agents.values().map(|a| a.port.clone()).collect()
+        };
+        for port in ports {
+            port.shutdown_framework(framework_id);
         }
     }
 
@@ -382,6 +471,16 @@ impl EmbeddedMaster {
                 }
             }
             let mut seen = HashSet::new();
+            let mut offer_agents: HashSet<String> = accept
+                .offer_ids
+                .iter()
+                .filter_map(|id| state.offers.get(&id.value).map(|o| o.agent_id.clone()))
+                .collect();
+            // Mesos: the offers of one accept must all be for one agent.
+            if offer_agents.len() > 1 {
+                valid_offers = false;
+            }
+            let agent_id = offer_agents.drain().next().unwrap_or_default();
             if valid_offers {
                 for offer_id in &accept.offer_ids {
                     if seen.insert(offer_id.value.clone()) {
@@ -390,11 +489,6 @@ impl EmbeddedMaster {
                     }
                 }
             }
-            let agent_id = state
-                .agent
-                .as_ref()
-                .map(|a| a.id.clone())
-                .unwrap_or_default();
             for operation in accept.operations {
                 let tasks: Vec<mesos::TaskInfo> = match operation.r#type() {
                     mesos::offer::operation::Type::Launch => {
@@ -458,6 +552,7 @@ impl EmbeddedMaster {
                                 task_id,
                                 MasterTask {
                                     framework_id: framework_id.to_string(),
+                                    agent_id: agent_id.clone(),
                                     resources,
                                     state: mesos::TaskState::TaskStaging,
                                     latest: None,
@@ -487,9 +582,10 @@ impl EmbeddedMaster {
             }
         }
         // An accept with a refuse filter of 0 lets the next framework (or this one) get the rest at once.
-        if let Some(agent) = self.agent() {
-            for task in launches {
-                agent.run_task(&framework_info, task);
+        for task in launches {
+            match self.port_of_task(&task.task_id.value) {
+                Some(port) => port.run_task(&framework_info, task),
+                None => warn!(task_id = %task.task_id.value, "the task's agent is gone"),
             }
         }
         self.allocate();
@@ -558,23 +654,25 @@ impl EmbeddedMaster {
                 .kill_policy
                 .and_then(|k| k.grace_period)
                 .map(|d| Duration::from_nanos(d.nanoseconds.max(0) as u64));
-            if let Some(agent) = self.agent() {
-                agent.kill_task(framework_id, &task_id, grace);
+            if let Some(port) = self.port_of_task(&task_id) {
+                port.kill_task(framework_id, &task_id, grace);
             }
         }
     }
 
     /// ACKNOWLEDGE: passes the acknowledgement to the agent.
     pub fn acknowledge(&self, framework_id: &str, ack: scheduler::call::Acknowledge) {
-        if let Some(agent) = self.agent() {
-            agent.acknowledge(framework_id, &ack.task_id.value, &ack.uuid);
+        let port = self
+            .port_of_agent(&ack.agent_id.value)
+            .or_else(|| self.port_of_task(&ack.task_id.value));
+        if let Some(port) = port {
+            port.acknowledge(framework_id, &ack.task_id.value, &ack.uuid);
         }
     }
 
     /// RECONCILE: latest state of the named tasks, or of all the framework's tasks.
     pub fn reconcile(&self, framework_id: &str, reconcile: scheduler::call::Reconcile) {
         let state = self.state.lock().expect("master lock");
-        let agent_id = state.agent.as_ref().map(|a| a.id.clone());
         let wanted: Vec<String> = if reconcile.tasks.is_empty() {
             state
                 .tasks
@@ -602,7 +700,9 @@ impl EmbeddedMaster {
                         s.set_state(task.state);
                         s
                     });
-                    status.agent_id = agent_id.clone().map(|value| mesos::AgentId { value });
+                    status.agent_id = Some(mesos::AgentId {
+                        value: task.agent_id.clone(),
+                    });
                     status
                 }
                 _ => {
@@ -624,18 +724,6 @@ impl EmbeddedMaster {
             Self::send(&state, framework_id, update_event(status));
         }
     }
-}
-
-fn text_attribute(name: &str, value: &str) -> mesos::Attribute {
-    let mut attribute = mesos::Attribute {
-        name: name.to_string(),
-        text: Some(mesos::value::Text {
-            value: value.to_string(),
-        }),
-        ..Default::default()
-    };
-    attribute.set_type(mesos::value::Type::Text);
-    attribute
 }
 
 fn rescind_offers_of(state: &mut State, framework_id: &str) -> usize {
@@ -697,31 +785,129 @@ pub fn error_event(message: &str) -> scheduler::Event {
     }
 }
 
-impl MasterLink for EmbeddedMaster {
-    fn register(&self, registration: AgentRegistration) {
+impl EmbeddedMaster {
+    /// An agent (re)registered: `registration.id` is set. Tasks it reports replace what the
+    /// master knew of them; it becomes reachable again.
+    pub fn agent_registered(&self, registration: AgentRegistration, port: Arc<dyn AgentPort>) {
+        let agent_id = registration.id.clone().unwrap_or_default();
         let mut state = self.state.lock().expect("master lock");
         for task in &registration.tasks {
             state.tasks.insert(
-                task.task_id.clone(),
+                task.task_id.value.clone(),
                 MasterTask {
-                    framework_id: task.framework_id.clone(),
-                    resources: task.resources.clone(),
-                    state: task.state,
-                    latest: None,
+                    framework_id: task.framework_id.value.clone(),
+                    agent_id: agent_id.clone(),
+                    resources: ResourceSet::from_proto(&task.resources),
+                    state: task.state(),
+                    latest: task.statuses.last().cloned(),
                 },
             );
         }
-        info!(agent_id = %registration.id, resources = %registration.resources, "agent registered");
-        state.agent = Some(registration);
+        info!(agent_id = %agent_id, hostname = %registration.hostname, resources = %registration.resources, tasks = registration.tasks.len(), "agent registered");
+        state.agents.insert(
+            agent_id.clone(),
+            AgentEntry {
+                registration,
+                port,
+                reachable: true,
+            },
+        );
+        Self::allocate_agent(&mut state, &agent_id);
     }
 
-    fn status_update(&self, framework_id: &str, status: mesos::TaskStatus) {
+    /// The non-terminal tasks the master believes run on an agent, by framework.
+    pub fn tasks_on(&self, agent_id: &str) -> BTreeMap<String, Vec<String>> {
+        let state = self.state.lock().expect("master lock");
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (task_id, task) in &state.tasks {
+            if task.agent_id == agent_id && !task::is_terminal(task.state.as_str_name()) {
+                out.entry(task.framework_id.clone())
+                    .or_default()
+                    .push(task_id.clone());
+            }
+        }
+        out
+    }
+
+    /// The agent missed too many pings (or unregistered): its offers are rescinded and its
+    /// tasks reported TASK_UNREACHABLE to partition-aware frameworks, TASK_LOST to others.
+    pub fn agent_unreachable(&self, agent_id: &str, message: &str) {
+        let mut state = self.state.lock().expect("master lock");
+        let Some(agent) = state.agents.get_mut(agent_id) else {
+            return;
+        };
+        agent.reachable = false;
+        warn!(agent_id, reason = message, "agent unreachable");
+        let stale: Vec<String> = state
+            .offers
+            .iter()
+            .filter(|(_, o)| o.agent_id == agent_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for offer_id in stale {
+            if let Some(offer) = state.offers.remove(&offer_id) {
+                Self::send(&state, &offer.framework_id, rescind_event(&offer_id));
+            }
+        }
+        let partition_aware: HashSet<String> = state
+            .frameworks
+            .iter()
+            .filter(|(_, f)| {
+                f.info
+                    .capabilities
+                    .iter()
+                    .any(|c| c.r#type() == mesos::framework_info::capability::Type::PartitionAware)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut updates = Vec::new();
+        for (task_id, task) in state.tasks.iter_mut() {
+            if task.agent_id != agent_id || task::is_terminal(task.state.as_str_name()) {
+                continue;
+            }
+            let partition_aware = partition_aware.contains(&task.framework_id);
+            let new_state = if partition_aware {
+                mesos::TaskState::TaskUnreachable
+            } else {
+                mesos::TaskState::TaskLost
+            };
+            task.state = new_state;
+            let mut status = mesos::TaskStatus {
+                task_id: mesos::TaskId {
+                    value: task_id.clone(),
+                },
+                agent_id: Some(mesos::AgentId {
+                    value: agent_id.to_string(),
+                }),
+                message: Some(message.to_string()),
+                timestamp: Some(task::now()),
+                ..Default::default()
+            };
+            status.set_state(new_state);
+            status.set_reason(mesos::task_status::Reason::AgentRemoved);
+            status.set_source(mesos::task_status::Source::Master);
+            task.latest = Some(status.clone());
+            updates.push((task.framework_id.clone(), status));
+        }
+        for (framework_id, status) in updates {
+            Self::send(&state, &framework_id, update_event(status));
+        }
+    }
+
+    /// A status update from an agent.
+    pub fn agent_status_update(
+        &self,
+        agent_id: &str,
+        framework_id: &str,
+        status: mesos::TaskStatus,
+    ) {
         let mut state = self.state.lock().expect("master lock");
         let task_id = status.task_id.value.clone();
         if let Some(task) = state.tasks.get_mut(&task_id) {
             // Terminal updates release the task's resources at once (Mesos semantics).
             task.state = status.state();
             task.latest = Some(status.clone());
+            task.agent_id = agent_id.to_string();
         }
         let connected = state
             .frameworks
@@ -733,13 +919,14 @@ impl MasterLink for EmbeddedMaster {
         }
         let terminal = task::is_terminal(status.state().as_str_name());
         let framework_gone = !state.frameworks.contains_key(framework_id);
+        let port = state.agents.get(agent_id).map(|a| a.port.clone());
         drop(state);
         // Updates for a framework that is gone for good are acknowledged by the master itself.
         if framework_gone
             && has_uuid
-            && let Some(agent) = self.agent()
+            && let Some(port) = port
         {
-            agent.acknowledge(
+            port.acknowledge(
                 framework_id,
                 &task_id,
                 status.uuid.as_deref().unwrap_or_default(),

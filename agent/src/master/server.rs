@@ -1,0 +1,219 @@
+//! Running the embedded master: its own libprocess/HTTP server (the `master` process, the v1
+//! scheduler API, `/health`, `/state`), and, with ZooKeeper, its election.
+//!
+//! `berth master` runs one; `berth agent --dev` runs one in the agent's process on its own
+//! port, and the agent talks to it over the wire exactly as it would to a Mesos master.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::info;
+
+use super::{
+    EmbeddedMaster, contender, scheduler_api,
+    wire::{MasterProcess, PingSettings},
+};
+use crate::{
+    libprocess::{self, Processes, Upid, transport::Transport},
+    mesos::detector::MasterLeader,
+};
+
+/// How to run a master.
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    /// Address of its server (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// IP to advertise in its pid when `listen` is a wildcard.
+    pub advertise_ip: Option<IpAddr>,
+    /// Hostname it reports.
+    pub hostname: String,
+    /// Agent health checking.
+    pub ping: PingSettings,
+    /// `zk://...` group to contend in; None = lead at once.
+    pub zk: Option<String>,
+    /// ZooKeeper session timeout.
+    pub zk_session_timeout: Duration,
+}
+
+/// A master that runs.
+pub struct RunningMaster {
+    /// The allocator and scheduler API state.
+    pub master: Arc<EmbeddedMaster>,
+    /// Its pid, `master@ip:port`.
+    pub pid: Upid,
+    /// Whether it leads.
+    pub leading: watch::Receiver<bool>,
+    /// The server task.
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+#[derive(Clone)]
+struct MasterHttp {
+    master: Arc<EmbeddedMaster>,
+    leading: watch::Receiver<bool>,
+    leader: Option<watch::Receiver<Option<MasterLeader>>>,
+}
+
+/// Binds, starts the master process and serves until `shutdown` resolves.
+pub async fn start_master(
+    options: MasterOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningMaster> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("master: listening on {}", options.listen))?;
+    let bound = listener.local_addr()?;
+    let ip = crate::mesos::link::advertise_ip(bound, options.advertise_ip, None);
+    let address = SocketAddr::new(ip, bound.port());
+    let master = EmbeddedMaster::new(address, &options.hostname);
+    let pid = Upid::new("master", address);
+    let transport = Transport::new(pid.clone());
+    let processes = Processes::new();
+    let process = MasterProcess::start(master.clone(), transport, processes.clone(), options.ping);
+    master.start();
+    let (leading, leader) = match &options.zk {
+        None => (watch::channel(true).1, None),
+        Some(url) => {
+            process.set_leading(false);
+            let (leading, leader) =
+                contender::contend(url, master.master_info(), options.zk_session_timeout)
+                    .await
+                    .context("master: joining the ZooKeeper group")?;
+            let mut watch_leading = leading.clone();
+            let process = process.clone();
+            tokio::spawn(async move {
+                loop {
+                    let leads = *watch_leading.borrow_and_update();
+                    process.set_leading(leads);
+                    if watch_leading.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            (leading, Some(leader))
+        }
+    };
+    let http = MasterHttp {
+        master: master.clone(),
+        leading: leading.clone(),
+        leader,
+    };
+    let app = Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/state", get(state))
+        .route("/master/state", get(state))
+        .route("/api/v1/scheduler", post(scheduler))
+        .with_state(http)
+        .merge(libprocess::router(processes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            scheduler_api::MAX_CALL_BYTES,
+        ));
+    info!(pid = %pid, zk = ?options.zk, "berth master serving");
+    let server = tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
+    Ok(RunningMaster {
+        master,
+        pid,
+        leading,
+        server,
+    })
+}
+
+/// Mesos masters that do not lead redirect scheduler calls to the leader.
+fn not_leading(http: &MasterHttp) -> Option<Response> {
+    if *http.leading.borrow() {
+        return None;
+    }
+    let leader = http.leader.as_ref().and_then(|l| l.borrow().clone());
+    Some(match leader {
+        Some(leader) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(
+                header::LOCATION,
+                format!("http://{}:{}/api/v1/scheduler", leader.ip, leader.port),
+            )],
+            "not the leading master",
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no leading master").into_response(),
+    })
+}
+
+async fn scheduler(State(http): State<MasterHttp>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(redirect) = not_leading(&http) {
+        return redirect;
+    }
+    scheduler_api::handle(http.master.clone(), headers, body).await
+}
+
+async fn state(State(http): State<MasterHttp>) -> Json<serde_json::Value> {
+    let (frameworks, offers) = http.master.counts();
+    let info = http.master.master_info();
+    Json(json!({
+        "id": info.id,
+        "pid": info.pid,
+        "hostname": info.hostname,
+        "version": info.version,
+        "leading": *http.leading.borrow(),
+        "agents": http.master.agents(),
+        "frameworks": frameworks,
+        "outstanding_offers": offers,
+    }))
+}
+
+/// `berth master`: runs until SIGINT/SIGTERM.
+pub async fn run_master_command(flags: crate::cli::MasterFlags) -> anyhow::Result<()> {
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    if !(flags.agent_ping_timeout > 0.0) || flags.max_agent_ping_timeouts == 0 {
+        anyhow::bail!("--agent-ping-timeout and --max-agent-ping-timeouts must be positive");
+    }
+    let running = start_master(
+        MasterOptions {
+            listen: flags.listen,
+            advertise_ip: flags.advertise_ip,
+            hostname,
+            ping: PingSettings {
+                interval: Duration::from_secs_f64(flags.agent_ping_timeout),
+                max_missed: flags.max_agent_ping_timeouts,
+            },
+            zk: flags.zk,
+            zk_session_timeout: Duration::from_secs(10),
+        },
+        async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        },
+    )
+    .await?;
+    running.server.await??;
+    Ok(())
+}

@@ -1,0 +1,602 @@
+//! The agent's side of the Mesos agent protocol: registration and re-registration with the
+//! leading master, ping/pong health, and the master's messages turned into agent calls.
+//!
+//! The link follows the leader the detector reports. With no agent id yet it sends
+//! `RegisterSlaveMessage`, else `ReregisterSlaveMessage` with the tasks and frameworks the agent
+//! still has; it repeats that with Mesos' backoff (a random delay up to 1 s, doubling up to
+//! 1 min) until `SlaveRegisteredMessage`/`SlaveReregisteredMessage` arrives. Once registered it
+//! answers pings and expects one within the master's total ping timeout (75 s by default): a
+//! silent master means re-registration. Messages from a process other than the current leader
+//! are dropped with a log line, like malformed ones; nothing a master sends can crash the agent.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use berth_proto::mesos::{internal, v1 as mesos};
+use prost::Message as _;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    libprocess::{Message, Process, Upid, transport::Transport},
+    link::{AgentCore, MasterLink},
+    mesos::detector::MasterLeader,
+};
+
+/// The Mesos protocol version berth speaks (masters refuse agents older than 1.0.0).
+pub const MESOS_PROTOCOL_VERSION: &str = "1.12.0";
+/// The agent's libprocess id.
+pub const AGENT_PROCESS_ID: &str = "slave(1)";
+/// Mesos' default total ping timeout (15 s × 5) when the master does not announce one.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(75);
+/// Mesos' `--registration_backoff_factor` default.
+pub const REGISTRATION_BACKOFF_FACTOR: Duration = Duration::from_secs(1);
+/// Longest wait between registration attempts (Mesos' `REGISTER_RETRY_INTERVAL_MAX`).
+pub const REGISTRATION_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What the agent advertises: what berth implements, and nothing else.
+pub fn agent_capabilities() -> Vec<mesos::agent_info::Capability> {
+    use mesos::agent_info::capability::Type;
+    [
+        Type::MultiRole,
+        Type::HierarchicalRole,
+        Type::ReservationRefinement,
+    ]
+    .into_iter()
+    .map(|t| mesos::agent_info::Capability {
+        r#type: Some(t as i32),
+    })
+    .collect()
+}
+
+#[derive(Debug)]
+struct LinkState {
+    master: Option<Upid>,
+    registered: bool,
+    agent_id: Option<String>,
+    last_ping: Instant,
+    ping_timeout: Duration,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// Counters of the link (for `/metrics` and tests).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Messages dropped because they did not decode.
+    pub malformed: std::sync::atomic::AtomicU64,
+    /// Messages dropped because they came from a process that is not the leading master.
+    pub foreign: std::sync::atomic::AtomicU64,
+    /// Messages with a name the agent does not handle.
+    pub unknown: std::sync::atomic::AtomicU64,
+    /// Successful (re)registrations.
+    pub registrations: std::sync::atomic::AtomicU64,
+}
+
+/// The Mesos wire link of the agent.
+pub struct MesosLink {
+    transport: Arc<Transport>,
+    state: Mutex<LinkState>,
+    agent: OnceLock<Arc<dyn AgentCore>>,
+    wake: Notify,
+    /// Counters.
+    pub stats: LinkStats,
+}
+
+impl MesosLink {
+    /// A link sending from `transport.me()` (`slave(1)@ip:port`).
+    pub fn new(transport: Arc<Transport>) -> Arc<Self> {
+        Arc::new(Self {
+            transport,
+            state: Mutex::new(LinkState {
+                master: None,
+                registered: false,
+                agent_id: None,
+                last_ping: Instant::now(),
+                ping_timeout: DEFAULT_PING_TIMEOUT,
+                next_attempt: Instant::now(),
+                backoff: REGISTRATION_BACKOFF_FACTOR,
+            }),
+            agent: OnceLock::new(),
+            wake: Notify::new(),
+            stats: LinkStats::default(),
+        })
+    }
+
+    /// The leading master now, if any.
+    pub fn master(&self) -> Option<Upid> {
+        self.state.lock().expect("link lock").master.clone()
+    }
+
+    /// Starts following `leader` for `agent`: registers, re-registers after leader changes and
+    /// silent masters.
+    pub fn start(
+        self: &Arc<Self>,
+        agent: Arc<dyn AgentCore>,
+        mut leader: watch::Receiver<Option<MasterLeader>>,
+    ) {
+        let _ = self.agent.set(agent);
+        let link = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let current = leader.borrow_and_update().clone();
+                link.follow(current.as_ref());
+                let wait = link.tick();
+                tokio::select! {
+                    changed = leader.changed() => {
+                        if changed.is_err() {
+                            warn!("master detector stopped: the agent keeps its last master");
+                            link.run_without_detector().await;
+                            return;
+                        }
+                    }
+                    _ = link.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+    }
+
+    async fn run_without_detector(self: Arc<Self>) {
+        loop {
+            let wait = self.tick();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Adopts the detector's leader; a change means (re-)registration with the new one.
+    fn follow(&self, leader: Option<&MasterLeader>) {
+        let pid = leader.and_then(|l| match l.pid.parse::<Upid>() {
+            Ok(pid) => Some(pid),
+            Err(err) => {
+                warn!(pid = %l.pid, error = %err, "leading master has an unusable pid");
+                None
+            }
+        });
+        let mut state = self.state.lock().expect("link lock");
+        if state.master == pid {
+            return;
+        }
+        match &pid {
+            Some(pid) => info!(master = %pid, "new leading master: registering"),
+            None => warn!("no leading master: waiting for one to be elected"),
+        }
+        if let Some(old) = &state.master {
+            // Mesos agents drop their link to the old master.
+            self.transport.disconnect(old.addr);
+        }
+        state.master = pid;
+        state.registered = false;
+        // Mesos: the first attempt after a new master is delayed randomly within the backoff
+        // factor, so agents of a cluster do not all register at once.
+        state.backoff = REGISTRATION_BACKOFF_FACTOR;
+        state.next_attempt = Instant::now() + jitter(REGISTRATION_BACKOFF_FACTOR);
+    }
+
+    /// Does what is due (a registration attempt, the ping check) and says when to look again.
+    fn tick(&self) -> Duration {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("link lock");
+        let Some(master) = state.master.clone() else {
+            return Duration::from_secs(3600);
+        };
+        if state.registered {
+            let silent = now.duration_since(state.last_ping);
+            if silent < state.ping_timeout {
+                return state.ping_timeout - silent;
+            }
+            warn!(
+                master = %master,
+                timeout_secs = state.ping_timeout.as_secs_f64(),
+                "no ping from the master within the timeout: re-registering"
+            );
+            state.registered = false;
+            state.backoff = REGISTRATION_BACKOFF_FACTOR;
+            state.next_attempt = now;
+            self.transport.disconnect(master.addr);
+        }
+        if now < state.next_attempt {
+            return state.next_attempt - now;
+        }
+        let Some(agent) = self.agent.get() else {
+            return Duration::from_millis(100);
+        };
+        let agent_id = state.agent_id.clone();
+        state.backoff = (state.backoff * 2).min(REGISTRATION_RETRY_MAX);
+        state.next_attempt = now + jitter(state.backoff);
+        let wait = state.next_attempt - now;
+        drop(state);
+        let registration = agent.registration();
+        let agent_id = registration.id.clone().or(agent_id);
+        let slave = mesos::AgentInfo {
+            hostname: registration.hostname.clone(),
+            port: Some(i32::from(registration.port)),
+            resources: registration.resources.to_proto(),
+            attributes: registration
+                .attributes
+                .iter()
+                .map(|(name, value)| crate::resources::text_attribute(name, value))
+                .collect(),
+            id: agent_id.clone().map(|value| mesos::AgentId { value }),
+            ..Default::default()
+        };
+        match agent_id {
+            None => {
+                info!(master = %master, "sending RegisterSlaveMessage");
+                self.transport.send(
+                    &master,
+                    &internal::RegisterSlaveMessage {
+                        slave,
+                        checkpointed_resources: registration.checkpointed_resources,
+                        version: Some(MESOS_PROTOCOL_VERSION.into()),
+                        agent_capabilities: agent_capabilities(),
+                        resource_version_uuid: Some(resource_version()),
+                    },
+                );
+            }
+            Some(id) => {
+                info!(master = %master, agent_id = %id, tasks = registration.tasks.len(), "sending ReregisterSlaveMessage");
+                self.transport.send(
+                    &master,
+                    &internal::ReregisterSlaveMessage {
+                        slave,
+                        checkpointed_resources: registration.checkpointed_resources,
+                        executor_infos: Vec::new(),
+                        tasks: registration.tasks,
+                        frameworks: registration.frameworks,
+                        completed_frameworks: Vec::new(),
+                        version: Some(MESOS_PROTOCOL_VERSION.into()),
+                        agent_capabilities: agent_capabilities(),
+                        resource_version_uuid: Some(resource_version()),
+                    },
+                );
+            }
+        }
+        wait
+    }
+
+    fn on_registered(
+        &self,
+        from: &Upid,
+        agent_id: String,
+        connection: Option<&internal::MasterSlaveConnection>,
+        again: bool,
+    ) {
+        {
+            let mut state = self.state.lock().expect("link lock");
+            if state.registered && state.agent_id.as_deref() == Some(&agent_id) {
+                debug!(master = %from, "duplicate registration answer ignored");
+                return;
+            }
+            state.registered = true;
+            state.agent_id = Some(agent_id.clone());
+            state.last_ping = Instant::now();
+            state.ping_timeout = connection
+                .and_then(|c| c.total_ping_timeout_seconds)
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .unwrap_or(DEFAULT_PING_TIMEOUT);
+            state.backoff = REGISTRATION_BACKOFF_FACTOR;
+        }
+        self.stats
+            .registrations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(master = %from, agent_id = %agent_id, reregistered = again, "registered with the master");
+        // Mesos 1.12 masters expect this before they offer the agent's resources.
+        self.transport.send(
+            from,
+            &internal::UpdateSlaveMessage {
+                slave_id: mesos::AgentId {
+                    value: agent_id.clone(),
+                },
+                update_oversubscribed_resources: Some(true),
+                oversubscribed_resources: Vec::new(),
+                operations: Some(internal::update_slave_message::Operations::default()),
+                resource_version_uuid: Some(resource_version()),
+            },
+        );
+        if let Some(agent) = self.agent.get() {
+            agent.registered(&agent_id);
+        }
+        self.wake.notify_one();
+    }
+
+    fn dispatch(&self, message: Message) -> Result<(), prost::DecodeError> {
+        let name = message.name.strip_prefix("mesos.internal.").unwrap_or("");
+        let master = self.master();
+        let from_master = master.as_ref() == Some(&message.from)
+            || (name == "PingSlaveMessage"
+                && master.as_ref().is_some_and(|m| m.addr == message.from.addr));
+        if !from_master {
+            self.stats
+                .foreign
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(
+                from = %message.from,
+                message = %message.name,
+                master = ?master.map(|m| m.to_string()),
+                "message from a process that is not the leading master dropped"
+            );
+            return Ok(());
+        }
+        let Some(agent) = self.agent.get() else {
+            return Ok(());
+        };
+        let body = &message.body[..];
+        match name {
+            "SlaveRegisteredMessage" => {
+                let m = internal::SlaveRegisteredMessage::decode(body)?;
+                self.on_registered(
+                    &message.from,
+                    m.slave_id.value,
+                    m.connection.as_ref(),
+                    false,
+                );
+            }
+            "SlaveReregisteredMessage" => {
+                let m = internal::SlaveReregisteredMessage::decode(body)?;
+                self.on_registered(&message.from, m.slave_id.value, m.connection.as_ref(), true);
+                for reconciliation in m.reconciliations {
+                    agent.reconcile(
+                        &reconciliation.framework_id.value,
+                        reconciliation
+                            .statuses
+                            .into_iter()
+                            .map(|s| s.task_id.value)
+                            .collect(),
+                    );
+                }
+            }
+            "PingSlaveMessage" => {
+                let m = internal::PingSlaveMessage::decode(body)?;
+                let reregister = {
+                    let mut state = self.state.lock().expect("link lock");
+                    state.last_ping = Instant::now();
+                    if !m.connected && state.registered {
+                        warn!("the master considers the agent disconnected: re-registering");
+                        state.registered = false;
+                        state.next_attempt = Instant::now();
+                        true
+                    } else {
+                        false
+                    }
+                };
+                self.transport
+                    .send(&message.from, &internal::PongSlaveMessage {});
+                if reregister {
+                    self.wake.notify_one();
+                }
+            }
+            "RunTaskMessage" => {
+                let m = internal::RunTaskMessage::decode(body)?;
+                agent.run_task(&m.framework, m.task);
+            }
+            "RunTaskGroupMessage" => {
+                let m = internal::RunTaskGroupMessage::decode(body)?;
+                // berth runs each task of a group in its own container (no shared pod
+                // namespaces yet); each gets its own status updates as Mesos sends them.
+                for task in m.task_group.tasks {
+                    agent.run_task(&m.framework, task);
+                }
+            }
+            "KillTaskMessage" => {
+                let m = internal::KillTaskMessage::decode(body)?;
+                let grace = m
+                    .kill_policy
+                    .and_then(|k| k.grace_period)
+                    .map(|d| Duration::from_nanos(d.nanoseconds.max(0) as u64));
+                agent.kill_task(&m.framework_id.value, &m.task_id.value, grace);
+            }
+            "StatusUpdateAcknowledgementMessage" => {
+                let m = internal::StatusUpdateAcknowledgementMessage::decode(body)?;
+                agent.acknowledge(&m.framework_id.value, &m.task_id.value, &m.uuid);
+            }
+            "ShutdownFrameworkMessage" => {
+                let m = internal::ShutdownFrameworkMessage::decode(body)?;
+                info!(framework_id = %m.framework_id.value, "master shuts the framework down");
+                agent.shutdown_framework(&m.framework_id.value);
+            }
+            "ShutdownExecutorMessage" => {
+                let m = internal::ShutdownExecutorMessage::decode(body)?;
+                // Every berth task is its own (command) executor: executor id = task id.
+                if let (Some(executor), Some(framework)) = (m.executor_id, m.framework_id) {
+                    agent.kill_task(&framework.value, &executor.value, None);
+                }
+            }
+            "UpdateFrameworkMessage" => {
+                let m = internal::UpdateFrameworkMessage::decode(body)?;
+                if let Some(info) = m.framework_info {
+                    agent.update_framework(info);
+                }
+            }
+            "CheckpointResourcesMessage" => {
+                let m = internal::CheckpointResourcesMessage::decode(body)?;
+                agent.checkpoint_resources(m.resources);
+            }
+            "ApplyOperationMessage" => {
+                let m = internal::ApplyOperationMessage::decode(body)?;
+                self.refuse_operation(&message.from, m);
+            }
+            "ShutdownMessage" => {
+                let m = internal::ShutdownMessage::decode(body)?;
+                let why = m.message.unwrap_or_default();
+                warn!(master = %message.from, reason = %why, "the master asked the agent to shut down");
+                agent.shutdown(&why);
+            }
+            _ => {
+                self.stats
+                    .unknown
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(from = %message.from, message = %message.name, "unknown message dropped");
+            }
+        }
+        Ok(())
+    }
+
+    /// berth does not advertise RESOURCE_PROVIDER or AGENT_OPERATION_FEEDBACK, so a master
+    /// should not send operations; if one does, it gets a terminal OPERATION_ERROR rather than
+    /// silence, so its bookkeeping does not wait forever.
+    fn refuse_operation(&self, master: &Upid, m: internal::ApplyOperationMessage) {
+        let agent_id = self
+            .state
+            .lock()
+            .expect("link lock")
+            .agent_id
+            .clone()
+            .map(|value| mesos::AgentId { value });
+        let mut status = mesos::OperationStatus {
+            operation_id: m.operation_info.id.clone(),
+            message: Some(
+                "berth applies reservations and volumes only through CheckpointResourcesMessage"
+                    .into(),
+            ),
+            uuid: Some(resource_version()),
+            agent_id: agent_id.clone(),
+            ..Default::default()
+        };
+        status.set_state(mesos::OperationState::OperationError);
+        warn!(operation = ?m.operation_info.id, "operation refused: berth has no resource providers");
+        self.transport.send(
+            master,
+            &internal::UpdateOperationStatusMessage {
+                framework_id: m.framework_id,
+                slave_id: agent_id,
+                status: status.clone(),
+                latest_status: Some(status),
+                operation_uuid: Some(m.operation_uuid),
+            },
+        );
+    }
+}
+
+impl Process for MesosLink {
+    fn receive(&self, message: Message) {
+        let name = message.name.clone();
+        let from = message.from.clone();
+        if let Err(err) = self.dispatch(message) {
+            self.stats
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(from = %from, message = %name, error = %err, "malformed message dropped");
+        }
+    }
+}
+
+impl MasterLink for MesosLink {
+    fn status_update(
+        &self,
+        framework_id: &str,
+        status: mesos::TaskStatus,
+        latest: mesos::TaskState,
+    ) {
+        let (master, agent_id) = {
+            let state = self.state.lock().expect("link lock");
+            if !state.registered {
+                return;
+            }
+            let Some(master) = state.master.clone() else {
+                return;
+            };
+            (master, state.agent_id.clone().unwrap_or_default())
+        };
+        let task_id = status.task_id.value.clone();
+        let update = internal::StatusUpdate {
+            framework_id: mesos::FrameworkId {
+                value: framework_id.to_string(),
+            },
+            executor_id: Some(mesos::ExecutorId { value: task_id }),
+            slave_id: Some(mesos::AgentId { value: agent_id }),
+            timestamp: status.timestamp.unwrap_or_else(crate::task::now),
+            uuid: status.uuid.clone(),
+            latest_state: Some(latest as i32),
+            status,
+        };
+        self.transport.send(
+            &master,
+            &internal::StatusUpdateMessage {
+                update,
+                pid: Some(self.transport.me().to_string()),
+            },
+        );
+    }
+
+    fn is_registered(&self) -> bool {
+        self.state.lock().expect("link lock").registered
+    }
+}
+
+/// A random duration in `[0, max]`.
+fn jitter(max: Duration) -> Duration {
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    Duration::from_nanos(random % (max.as_nanos() as u64).max(1))
+}
+
+fn resource_version() -> mesos::Uuid {
+    mesos::Uuid {
+        value: uuid::Uuid::new_v4().as_bytes().to_vec(),
+    }
+}
+
+/// The IP to advertise in the agent's pid: `--advertise-ip`, else the listen address when it
+/// is a specific one, else the local address the kernel would use to reach `toward` (a UDP
+/// socket's `connect` picks it without sending anything), else loopback.
+pub fn advertise_ip(
+    listen: SocketAddr,
+    advertise: Option<std::net::IpAddr>,
+    toward: Option<SocketAddr>,
+) -> std::net::IpAddr {
+    if let Some(ip) = advertise {
+        return ip;
+    }
+    if !listen.ip().is_unspecified() {
+        return listen.ip();
+    }
+    if let Some(target) = toward
+        && let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0")
+        && socket.connect(target).is_ok()
+        && let Ok(local) = socket.local_addr()
+    {
+        return local.ip();
+    }
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_secs(1)) <= Duration::from_secs(1));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn advertise_ip_prefers_flag_then_listen_then_route() {
+        let any: SocketAddr = "0.0.0.0:5051".parse().unwrap();
+        let flag = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(advertise_ip(any, flag, None), flag.unwrap());
+        let specific: SocketAddr = "127.0.0.2:5051".parse().unwrap();
+        assert_eq!(advertise_ip(specific, None, None).to_string(), "127.0.0.2");
+        let toward = Some("127.0.0.1:5050".parse().unwrap());
+        assert!(advertise_ip(any, None, toward).is_loopback());
+    }
+
+    #[test]
+    fn capabilities_are_the_implemented_ones() {
+        use mesos::agent_info::capability::Type;
+        let types: Vec<Type> = agent_capabilities().iter().map(|c| c.r#type()).collect();
+        assert!(types.contains(&Type::MultiRole));
+        assert!(!types.contains(&Type::TaskResourceLimits));
+        assert!(!types.contains(&Type::AgentDraining));
+        assert!(!types.contains(&Type::ResourceProvider));
+    }
+}
