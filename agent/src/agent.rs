@@ -133,6 +133,11 @@ impl Agent {
         self.agent_id.lock().expect("agent id lock").clone()
     }
 
+    /// Status updates not acknowledged yet.
+    pub fn pending_updates(&self) -> usize {
+        self.updates.pending()
+    }
+
     /// Resolves when a master asked the agent to shut down.
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
@@ -466,6 +471,7 @@ impl Agent {
             task.statuses.push(record);
             // Checkpointed before it is sent: nothing is lost on a crash.
             self.checkpoint_task(task);
+            crash_point_after_checkpoint(state);
             (task.framework_id.clone(), status)
         };
         info!(task_id, state = state.as_str_name(), "status update");
@@ -919,6 +925,19 @@ impl AgentCore for Arc<Agent> {
         let _ = std::fs::remove_file(self.settings.meta_dir.join("agent.json"));
         *self.agent_id.lock().expect("agent id lock") = None;
         let _ = self.shutdown.send(true);
+    }
+}
+
+/// Fault injection for the crash tests: `BERTH_TEST_CRASH_AFTER_CHECKPOINT=TASK_RUNNING` makes
+/// the agent die like a `kill -9` right after it checkpointed an update of that state and
+/// before it sent it. Unset in normal operation.
+fn crash_point_after_checkpoint(state: mesos::TaskState) {
+    if std::env::var("BERTH_TEST_CRASH_AFTER_CHECKPOINT").is_ok_and(|s| s == state.as_str_name()) {
+        tracing::error!(
+            state = state.as_str_name(),
+            "fault injection: dying between checkpoint and send"
+        );
+        std::process::abort();
     }
 }
 

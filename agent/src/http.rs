@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/monitor/statistics", get(monitor_statistics))
         .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/api/v1/scheduler", post(scheduler))
+        .route("/api/berth/v1/master", get(master_link))
         .route("/api/berth/v1/tasks", get(list_tasks))
         .route("/api/berth/v1/tasks/{id}", get(inspect_task))
         .route("/api/berth/v1/tasks/{id}/kill", post(kill_task))
@@ -60,6 +61,22 @@ impl IntoResponse for AgentError {
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
     }
+}
+
+/// The agent's view of its master: who leads, whether the agent is registered, its agent id.
+async fn master_link(State(state): State<AppState>) -> Json<Value> {
+    use crate::link::MasterLink;
+    let link = state.link.as_ref();
+    Json(json!({
+        "master": link.and_then(|l| l.master()).map(|m| m.to_string()),
+        "registered": link.is_some_and(|l| l.is_registered()),
+        "agent_id": state.agent.agent_id(),
+        "registrations": link.map(|l| l.stats.registrations.load(std::sync::atomic::Ordering::Relaxed)),
+        "malformed_messages": link.map(|l| l.stats.malformed.load(std::sync::atomic::Ordering::Relaxed)),
+        "foreign_messages": link.map(|l| l.stats.foreign.load(std::sync::atomic::Ordering::Relaxed)),
+        "unknown_messages": link.map(|l| l.stats.unknown.load(std::sync::atomic::Ordering::Relaxed)),
+        "pending_status_updates": state.agent.pending_updates(),
+    }))
 }
 
 async fn health() -> Json<Value> {

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod framework;
 pub mod images;
+pub mod master;
 
 // ---------------------------------------------------------------------------------------------
 // environment
@@ -558,6 +560,8 @@ pub struct Agent {
     exit: Option<ExitStatus>,
     checked: bool,
     extra: Vec<String>,
+    /// `--dev`, or `--master X`.
+    mode: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -593,6 +597,19 @@ impl Agent {
     /// Start an agent with extra arguments after the standard ones.
     #[track_caller]
     pub fn start_with(extra: &[&str]) -> Agent {
+        Self::start_custom(&["--dev"], extra, &[])
+    }
+
+    /// An agent registering with the master at `master` (`HOST:PORT` or `zk://...`).
+    #[track_caller]
+    pub fn start_with_master(master: &str, extra: &[&str]) -> Agent {
+        Self::start_custom(&["--master", master], extra, &[])
+    }
+
+    /// An agent with `mode` (`--dev` or `--master X`), extra arguments, and environment
+    /// variables for its first start only (a restart does not repeat them).
+    #[track_caller]
+    pub fn start_custom(mode: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         check_expected_cgroup_version();
         if let Some(why) = privilege_problem() {
             panic!(
@@ -608,7 +625,7 @@ impl Agent {
         );
         let mut errors = Vec::new();
         for _attempt in 0..3 {
-            match Self::spawn_once(&berth, extra) {
+            match Self::spawn_once(&berth, mode, extra, env) {
                 Ok(agent) => return agent,
                 Err((msg, port_clash)) => {
                     errors.push(msg);
@@ -625,7 +642,12 @@ impl Agent {
         );
     }
 
-    fn spawn_once(berth: &Path, extra: &[&str]) -> Result<Agent, (String, bool)> {
+    fn spawn_once(
+        berth: &Path,
+        mode: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent, (String, bool)> {
         let n = AGENT_SEQ.fetch_add(1, Ordering::SeqCst);
         let base = format!("berth-test-{}-{}", std::process::id(), n);
         let tmp = tempfile::Builder::new()
@@ -643,7 +665,8 @@ impl Agent {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = Command::new(berth);
         cmd.arg("agent")
-            .arg("--dev")
+            .args(mode)
+            .envs(env.iter().copied())
             .arg("--work-dir")
             .arg(&work_dir)
             .arg("--runtime-dir")
@@ -685,6 +708,7 @@ impl Agent {
             exit: None,
             checked: false,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            mode: mode.iter().map(|s| s.to_string()).collect(),
         };
         match agent.wait_healthy(scaled(Duration::from_secs(60))) {
             Ok(()) => Ok(agent),
@@ -755,7 +779,7 @@ impl Agent {
             .expect("open agent.stderr");
         let mut cmd = Command::new(berth_bin());
         cmd.arg("agent")
-            .arg("--dev")
+            .args(&self.mode)
             .arg("--work-dir")
             .arg(&self.work_dir)
             .arg("--runtime-dir")
