@@ -72,6 +72,10 @@ pub struct AgentFlags {
     /// Port masters reach this agent on (NAT), when it differs from --listen.
     #[arg(long)]
     pub advertise_port: Option<u16>,
+    /// Upper bound of the random delay before the first registration attempt, seconds; later
+    /// attempts double it up to 60 s (Mesos' --registration_backoff_factor).
+    #[arg(long, default_value_t = 1.0)]
+    pub registration_backoff_factor: f64,
     /// ZooKeeper session timeout for --master zk://..., seconds.
     #[arg(long, default_value_t = 10.0)]
     pub zk_session_timeout: f64,
@@ -270,7 +274,10 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     let me = Upid::new(AGENT_PROCESS_ID, SocketAddr::new(ip, agent.settings().port));
     let transport = Transport::new(me.clone());
     let processes = Processes::new();
-    let link = MesosLink::new(transport);
+    let link = MesosLink::new(
+        transport,
+        Duration::from_secs_f64(flags.registration_backoff_factor.clamp(0.0, 60.0)),
+    );
     processes.add(AGENT_PROCESS_ID, link.clone());
     agent.connect(link.clone());
     let app = http::router(AppState {

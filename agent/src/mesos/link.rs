@@ -82,13 +82,15 @@ pub struct MesosLink {
     state: Mutex<LinkState>,
     agent: OnceLock<Arc<dyn AgentCore>>,
     wake: Notify,
+    backoff_factor: Duration,
     /// Counters.
     pub stats: LinkStats,
 }
 
 impl MesosLink {
-    /// A link sending from `transport.me()` (`slave(1)@ip:port`).
-    pub fn new(transport: Arc<Transport>) -> Arc<Self> {
+    /// A link sending from `transport.me()` (`slave(1)@ip:port`); the first registration
+    /// attempt waits a random time up to `backoff_factor` (Mesos' default: 1 s).
+    pub fn new(transport: Arc<Transport>, backoff_factor: Duration) -> Arc<Self> {
         Arc::new(Self {
             transport,
             state: Mutex::new(LinkState {
@@ -98,10 +100,11 @@ impl MesosLink {
                 last_ping: Instant::now(),
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 next_attempt: Instant::now(),
-                backoff: REGISTRATION_BACKOFF_FACTOR,
+                backoff: backoff_factor,
             }),
             agent: OnceLock::new(),
             wake: Notify::new(),
+            backoff_factor,
             stats: LinkStats::default(),
         })
     }
@@ -175,8 +178,8 @@ impl MesosLink {
         state.registered = false;
         // Mesos: the first attempt after a new master is delayed randomly within the backoff
         // factor, so agents of a cluster do not all register at once.
-        state.backoff = REGISTRATION_BACKOFF_FACTOR;
-        state.next_attempt = Instant::now() + jitter(REGISTRATION_BACKOFF_FACTOR);
+        state.backoff = self.backoff_factor;
+        state.next_attempt = Instant::now() + jitter(self.backoff_factor);
     }
 
     /// Does what is due (a registration attempt, the ping check) and says when to look again.
@@ -197,7 +200,7 @@ impl MesosLink {
                 "no ping from the master within the timeout: re-registering"
             );
             state.registered = false;
-            state.backoff = REGISTRATION_BACKOFF_FACTOR;
+            state.backoff = self.backoff_factor;
             state.next_attempt = now;
             self.transport.disconnect(master.addr);
         }
@@ -208,7 +211,10 @@ impl MesosLink {
             return Duration::from_millis(100);
         };
         let agent_id = state.agent_id.clone();
-        state.backoff = (state.backoff * 2).min(REGISTRATION_RETRY_MAX);
+        // Never retry faster than every 100 ms, even with a zero backoff factor.
+        state.backoff = (state.backoff * 2)
+            .max(Duration::from_millis(100))
+            .min(REGISTRATION_RETRY_MAX);
         state.next_attempt = now + jitter(state.backoff);
         let wait = state.next_attempt - now;
         drop(state);
@@ -282,7 +288,7 @@ impl MesosLink {
                 .filter(|s| s.is_finite() && *s > 0.0)
                 .map(Duration::from_secs_f64)
                 .unwrap_or(DEFAULT_PING_TIMEOUT);
-            state.backoff = REGISTRATION_BACKOFF_FACTOR;
+            state.backoff = self.backoff_factor;
         }
         self.stats
             .registrations
@@ -570,6 +576,292 @@ pub fn advertise_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        link::{AgentPort, AgentRegistration},
+        resources::ResourceSet,
+    };
+
+    /// A recording double of the agent.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+    }
+
+    impl AgentPort for Recorder {
+        fn run_task(&self, framework: &mesos::FrameworkInfo, task: mesos::TaskInfo) {
+            self.record(format!("run {} {}", framework.name, task.task_id.value));
+        }
+        fn kill_task(&self, framework_id: &str, task_id: &str, grace: Option<Duration>) {
+            self.record(format!("kill {framework_id} {task_id} {grace:?}"));
+        }
+        fn acknowledge(&self, framework_id: &str, task_id: &str, uuid: &[u8]) {
+            self.record(format!("ack {framework_id} {task_id} {uuid:?}"));
+        }
+        fn shutdown_framework(&self, framework_id: &str) {
+            self.record(format!("shutdown-framework {framework_id}"));
+        }
+    }
+
+    impl AgentCore for Recorder {
+        fn registration(&self) -> AgentRegistration {
+            AgentRegistration {
+                id: None,
+                hostname: "h".into(),
+                port: 5051,
+                resources: ResourceSet::default(),
+                attributes: Vec::new(),
+                tasks: Vec::new(),
+                frameworks: Vec::new(),
+                checkpointed_resources: Vec::new(),
+            }
+        }
+        fn registered(&self, agent_id: &str) {
+            self.record(format!("registered {agent_id}"));
+        }
+        fn reconcile(&self, framework_id: &str, task_ids: Vec<String>) {
+            self.record(format!("reconcile {framework_id} {task_ids:?}"));
+        }
+        fn update_framework(&self, info: mesos::FrameworkInfo) {
+            self.record(format!("update-framework {}", info.name));
+        }
+        fn checkpoint_resources(&self, resources: Vec<mesos::Resource>) {
+            self.record(format!("checkpoint {}", resources.len()));
+        }
+        fn shutdown(&self, message: &str) {
+            self.record(format!("shutdown {message}"));
+        }
+    }
+
+    const MASTER: &str = "master@127.0.0.1:9";
+
+    fn linked() -> (Arc<MesosLink>, Arc<Recorder>) {
+        let transport = Transport::new("slave(1)@127.0.0.1:8".parse().unwrap());
+        let link = MesosLink::new(transport, Duration::ZERO);
+        let recorder = Arc::new(Recorder::default());
+        let _ = link.agent.set(recorder.clone());
+        link.follow(Some(&MasterLeader {
+            id: "m".into(),
+            pid: MASTER.into(),
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 9,
+            hostname: None,
+            version: None,
+            znode: None,
+        }));
+        (link, recorder)
+    }
+
+    fn deliver<M: prost::Message + prost_reflect::ReflectMessage>(
+        link: &MesosLink,
+        from: &str,
+        m: &M,
+    ) {
+        link.receive(Message {
+            from: from.parse().unwrap(),
+            name: m.descriptor().full_name().to_string(),
+            body: m.encode_to_vec().into(),
+        });
+    }
+
+    fn framework() -> mesos::FrameworkInfo {
+        mesos::FrameworkInfo {
+            user: "u".into(),
+            name: "fw".into(),
+            ..Default::default()
+        }
+    }
+
+    fn task_info(id: &str) -> mesos::TaskInfo {
+        mesos::TaskInfo {
+            name: id.into(),
+            task_id: mesos::TaskId { value: id.into() },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn master_messages_become_agent_calls() {
+        let (link, agent) = linked();
+        assert!(!link.is_registered());
+        deliver(
+            &link,
+            MASTER,
+            &internal::SlaveRegisteredMessage {
+                slave_id: mesos::AgentId {
+                    value: "A-S1".into(),
+                },
+                connection: Some(internal::MasterSlaveConnection {
+                    total_ping_timeout_seconds: Some(7.5),
+                }),
+            },
+        );
+        assert!(link.is_registered());
+        assert_eq!(
+            link.state.lock().unwrap().ping_timeout,
+            Duration::from_secs_f64(7.5)
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::RunTaskMessage {
+                framework_id: None,
+                framework: framework(),
+                task: task_info("t1"),
+                resource_version_uuids: Vec::new(),
+                pid: None,
+                launch_executor: None,
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::RunTaskGroupMessage {
+                framework: framework(),
+                executor: mesos::ExecutorInfo::default(),
+                task_group: mesos::TaskGroupInfo {
+                    tasks: vec![task_info("g1"), task_info("g2")],
+                },
+                resource_version_uuids: Vec::new(),
+                launch_executor: None,
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::KillTaskMessage {
+                framework_id: mesos::FrameworkId { value: "F".into() },
+                task_id: mesos::TaskId { value: "t1".into() },
+                kill_policy: Some(mesos::KillPolicy {
+                    grace_period: Some(mesos::DurationInfo {
+                        nanoseconds: 2_000_000_000,
+                    }),
+                    ..Default::default()
+                }),
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::StatusUpdateAcknowledgementMessage {
+                slave_id: mesos::AgentId {
+                    value: "A-S1".into(),
+                },
+                framework_id: mesos::FrameworkId { value: "F".into() },
+                task_id: mesos::TaskId { value: "t1".into() },
+                uuid: vec![7],
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::ShutdownExecutorMessage {
+                executor_id: Some(mesos::ExecutorId { value: "g1".into() }),
+                framework_id: Some(mesos::FrameworkId { value: "F".into() }),
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::ShutdownFrameworkMessage {
+                framework_id: mesos::FrameworkId { value: "F".into() },
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::CheckpointResourcesMessage {
+                resources: Vec::new(),
+            },
+        );
+        deliver(
+            &link,
+            MASTER,
+            &internal::ShutdownMessage {
+                message: Some("bye".into()),
+            },
+        );
+        assert_eq!(
+            agent.calls(),
+            vec![
+                "registered A-S1",
+                "run fw t1",
+                "run fw g1",
+                "run fw g2",
+                "kill F t1 Some(2s)",
+                "ack F t1 [7]",
+                "kill F g1 None",
+                "shutdown-framework F",
+                "checkpoint 0",
+                "shutdown bye",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_malformed_and_unknown_messages_are_dropped() {
+        let (link, agent) = linked();
+        let run = internal::RunTaskMessage {
+            framework_id: None,
+            framework: framework(),
+            task: task_info("x"),
+            resource_version_uuids: Vec::new(),
+            pid: None,
+            launch_executor: None,
+        };
+        deliver(&link, "master@127.0.0.1:10", &run);
+        deliver(&link, "impostor@127.0.0.1:9", &run);
+        link.receive(Message {
+            from: MASTER.parse().unwrap(),
+            name: "mesos.internal.RunTaskMessage".into(),
+            body: bytes::Bytes::from_static(b"\x12\xff\xff"),
+        });
+        link.receive(Message {
+            from: MASTER.parse().unwrap(),
+            name: "mesos.internal.Nonsense".into(),
+            body: bytes::Bytes::new(),
+        });
+        assert!(agent.calls().is_empty(), "{:?}", agent.calls());
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(link.stats.foreign.load(Relaxed), 2);
+        assert_eq!(link.stats.malformed.load(Relaxed), 1);
+        assert_eq!(link.stats.unknown.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ping_saying_disconnected_forces_reregistration() {
+        let (link, _agent) = linked();
+        deliver(
+            &link,
+            MASTER,
+            &internal::SlaveRegisteredMessage {
+                slave_id: mesos::AgentId { value: "A".into() },
+                connection: None,
+            },
+        );
+        assert!(link.is_registered());
+        // Pings come from the master's slave-observer process on the master's address.
+        deliver(
+            &link,
+            "slave-observer(1)@127.0.0.1:9",
+            &internal::PingSlaveMessage { connected: true },
+        );
+        assert!(link.is_registered());
+        deliver(
+            &link,
+            "slave-observer(1)@127.0.0.1:9",
+            &internal::PingSlaveMessage { connected: false },
+        );
+        assert!(!link.is_registered());
+    }
 
     #[test]
     fn jitter_stays_within_bounds() {
