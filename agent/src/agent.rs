@@ -701,6 +701,7 @@ impl AgentPort for Arc<Agent> {
                 started_at: None,
                 exit_code: None,
                 grace_secs: grace.as_secs_f64(),
+                framework_info: berth_proto::codec::to_json(framework),
             };
             self.checkpoint_task(&record);
             tasks.insert(task_id.clone(), record);
