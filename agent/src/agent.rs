@@ -46,6 +46,8 @@ pub struct AgentSettings {
     pub default_grace: Duration,
     /// Where relative seccomp profile names of tasks are looked up.
     pub seccomp_config_dir: Option<PathBuf>,
+    /// The agent's flags, name (`work_dir`) and value, for the operator APIs.
+    pub flags: Vec<(String, String)>,
 }
 
 /// The agent.

@@ -8,7 +8,8 @@
 //!   updates checkpointed before they are sent and kept until acknowledged ([`status_updates`]).
 //! - [`link`]: the agent ↔ master traits; [`master`]: the embedded offer-based master and its
 //!   Mesos v1 scheduler HTTP API; [`mesos`]: a real Mesos master (ZooKeeper leader detection).
-//! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`.
+//! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`;
+//!   [`operator_api`]: the Mesos v1 agent operator API (`/api/v1`) and the v0 `/state` document.
 //! - [`cli`]: `berth run | ps | logs | kill | inspect`.
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod link;
 pub mod master;
 pub mod mesos;
 pub mod metrics;
+pub mod operator_api;
 pub mod resources;
 pub mod status_updates;
 pub mod task;
