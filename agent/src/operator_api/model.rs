@@ -287,7 +287,8 @@ impl ExecutorView<'_> {
     }
 
     /// The ExecutorInfo Mesos builds for a command task (`Slave::getExecutorInfo`): id and
-    /// source are the task id; the task's container, labels, URIs, environment and user.
+    /// source are the task id; the task's container, labels, URIs, environment and user (no
+    /// command of its own: berth's executor is not a Mesos command).
     pub fn executor_info(&self, framework_id: &str) -> mesos::ExecutorInfo {
         let info = self.task_info.as_ref();
         let command = info.and_then(|i| i.command.as_ref());
@@ -300,12 +301,14 @@ impl ExecutorView<'_> {
             source: Some(self.task.id.clone()),
             container: info.and_then(|i| i.container.clone()),
             labels: info.and_then(|i| i.labels.clone()),
-            command: command.map(|c| mesos::CommandInfo {
-                uris: c.uris.clone(),
-                environment: c.environment.clone(),
-                user: c.user.clone(),
-                ..Default::default()
-            }),
+            command: command
+                .filter(|c| !c.uris.is_empty() || c.environment.is_some() || c.user.is_some())
+                .map(|c| mesos::CommandInfo {
+                    uris: c.uris.clone(),
+                    environment: c.environment.clone(),
+                    user: c.user.clone(),
+                    ..Default::default()
+                }),
             ..Default::default()
         }
     }
