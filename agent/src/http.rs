@@ -297,7 +297,10 @@ fn link_status(state: &AppState) -> LinkStatus {
 
 /// Mesos v0 `/state`.
 async fn agent_state(State(state): State<AppState>) -> Json<Value> {
-    Json(operator_api::state_document(&state.agent, &link_status(&state)))
+    Json(operator_api::state_document(
+        &state.agent,
+        &link_status(&state),
+    ))
 }
 
 /// `POST /api/v1`: the Mesos v1 agent operator API.

@@ -26,7 +26,11 @@ fn assert_fields(message: &str, expected: &[(&str, u32, Cardinality)]) {
 fn agent_call_and_response_match_upstream() {
     assert_fields(
         "mesos.v1.agent.Call",
-        &[("type", 1, O), ("get_metrics", 2, O), ("get_containers", 20, O)],
+        &[
+            ("type", 1, O),
+            ("get_metrics", 2, O),
+            ("get_containers", 20, O),
+        ],
     );
     assert_fields("mesos.v1.agent.Call.GetMetrics", &[("timeout", 1, O)]);
     assert_fields(

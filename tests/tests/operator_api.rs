@@ -104,7 +104,11 @@ impl Api {
     /// The JSON answer to a JSON call written by hand.
     #[track_caller]
     fn call_json(&self, body: &str) -> Value {
-        let answer = self.post("/api/v1", &[("Content-Type", "application/json")], body.into());
+        let answer = self.post(
+            "/api/v1",
+            &[("Content-Type", "application/json")],
+            body.into(),
+        );
         assert_eq!(answer.status, 200, "{body}: {}", answer.text());
         serde_json::from_slice(&answer.body).unwrap_or_else(|e| panic!("{body}: {e}"))
     }
@@ -187,10 +191,18 @@ fn every_get_call_in_json_and_protobuf() {
                 R::GetResourceProviders => response.get_resource_providers.is_some(),
                 other => panic!("unexpected {other:?}"),
             };
-            assert!(present, "{call_type:?} in {ct}: no answer message: {response:?}");
+            assert!(
+                present,
+                "{call_type:?} in {ct}: no answer message: {response:?}"
+            );
         }
 
-        assert!(api.call(&call_of(C::GetHealth), ct).get_health.unwrap().healthy);
+        assert!(
+            api.call(&call_of(C::GetHealth), ct)
+                .get_health
+                .unwrap()
+                .healthy
+        );
 
         let flags = api.call(&call_of(C::GetFlags), ct).get_flags.unwrap().flags;
         let flag = |name: &str| {
@@ -210,7 +222,11 @@ fn every_get_call_in_json_and_protobuf() {
         let major: u32 = version.split('.').next().unwrap().parse().unwrap();
         assert!(major >= 1, "version {version} is not SemVer >= 1.0.0");
 
-        let metrics = api.call(&call_of(C::GetMetrics), ct).get_metrics.unwrap().metrics;
+        let metrics = api
+            .call(&call_of(C::GetMetrics), ct)
+            .get_metrics
+            .unwrap()
+            .metrics;
         let metric = |name: &str| {
             metrics
                 .iter()
@@ -245,8 +261,20 @@ fn every_get_call_in_json_and_protobuf() {
         let state = api.call(&call_of(C::GetState), ct).get_state.unwrap();
         let tasks = state.get_tasks.expect("get_tasks");
         assert!(tasks.launched_tasks.is_empty() && tasks.completed_tasks.is_empty());
-        assert!(state.get_executors.expect("get_executors").executors.is_empty());
-        assert!(state.get_frameworks.expect("get_frameworks").frameworks.is_empty());
+        assert!(
+            state
+                .get_executors
+                .expect("get_executors")
+                .executors
+                .is_empty()
+        );
+        assert!(
+            state
+                .get_frameworks
+                .expect("get_frameworks")
+                .frameworks
+                .is_empty()
+        );
     }
 
     // JSON as Mesos writes it: enum names, proto field names, every task list even when empty.
@@ -259,7 +287,11 @@ fn every_get_call_in_json_and_protobuf() {
         "terminated_tasks",
         "completed_tasks",
     ] {
-        assert_eq!(tasks["get_tasks"][list], serde_json::json!([]), "{list}: {tasks}");
+        assert_eq!(
+            tasks["get_tasks"][list],
+            serde_json::json!([]),
+            "{list}: {tasks}"
+        );
     }
     // Without Accept the answer is JSON, as from a Mesos agent, even to a protobuf call.
     let answer = api.post(
@@ -322,12 +354,21 @@ fn tasks_show_up_in_every_view_with_their_states() {
     let id = agent.run_detached(&["--name", "op-sleep", "--", "sleep", "300"]);
     let inspect = agent.wait_for_state(&id, &["TASK_RUNNING"], Duration::from_secs(60));
     let container_id = inspect["container"]["id"].as_str().unwrap().to_string();
-    let sandbox = inspect["container"]["sandbox"].as_str().unwrap().to_string();
+    let sandbox = inspect["container"]["sandbox"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let pid = inspect["container"]["pid"].as_u64().unwrap();
-    let framework_id = inspect["task"]["framework_id"].as_str().unwrap().to_string();
+    let framework_id = inspect["task"]["framework_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     for ct in ENCODINGS {
-        let tasks = api.call(&call_of(call::Type::GetTasks), ct).get_tasks.unwrap();
+        let tasks = api
+            .call(&call_of(call::Type::GetTasks), ct)
+            .get_tasks
+            .unwrap();
         let running = find_task(&tasks.launched_tasks, &id)
             .unwrap_or_else(|| panic!("{id} not among launched tasks: {tasks:?}"));
         assert_eq!(running.state(), mesos::TaskState::TaskRunning);
@@ -341,7 +382,10 @@ fn tasks_show_up_in_every_view_with_their_states() {
             .unwrap_or_else(|| panic!("{done_id} not among completed tasks: {tasks:?}"));
         assert_eq!(done.state(), mesos::TaskState::TaskFinished);
 
-        let state = api.call(&call_of(call::Type::GetState), ct).get_state.unwrap();
+        let state = api
+            .call(&call_of(call::Type::GetState), ct)
+            .get_state
+            .unwrap();
         let state_tasks = state.get_tasks.unwrap();
         assert!(find_task(&state_tasks.launched_tasks, &id).is_some());
         assert!(find_task(&state_tasks.completed_tasks, &done_id).is_some());
@@ -359,7 +403,9 @@ fn tasks_show_up_in_every_view_with_their_states() {
         assert_eq!(executor.framework_id.as_ref().unwrap().value, framework_id);
         assert_eq!(executor.source.as_deref(), Some(id.as_str()));
         assert!(
-            executor.name().starts_with(&format!("Command Executor (Task: {id})")),
+            executor
+                .name()
+                .starts_with(&format!("Command Executor (Task: {id})")),
             "{executor:?}"
         );
         assert!(
@@ -381,18 +427,26 @@ fn tasks_show_up_in_every_view_with_their_states() {
             .unwrap_or_else(|| panic!("container {container_id} not listed: {containers:?}"));
         assert_eq!(container.executor_id.as_ref().unwrap().value, id);
         assert_eq!(container.framework_id.as_ref().unwrap().value, framework_id);
-        let status = container.container_status.as_ref().expect("container_status");
+        let status = container
+            .container_status
+            .as_ref()
+            .expect("container_status");
         assert_eq!(status.executor_pid.map(u64::from), Some(pid));
         let statistics = container
             .resource_statistics
             .as_ref()
             .expect("resource_statistics of a running container");
         assert!(statistics.timestamp > 0.0);
-        assert!(statistics.mem_limit_bytes.unwrap_or(0) > 0, "{statistics:?}");
+        assert!(
+            statistics.mem_limit_bytes.unwrap_or(0) > 0,
+            "{statistics:?}"
+        );
         assert!(statistics.cpus_limit.unwrap_or(0.0) > 0.0, "{statistics:?}");
         assert!(statistics.processes.unwrap_or(0) >= 1, "{statistics:?}");
         assert!(
-            !containers.iter().any(|c| c.executor_id.as_ref().is_some_and(|e| e.value == done_id)),
+            !containers
+                .iter()
+                .any(|c| c.executor_id.as_ref().is_some_and(|e| e.value == done_id)),
             "a finished task's container is listed: {containers:?}"
         );
 
@@ -421,7 +475,11 @@ fn tasks_show_up_in_every_view_with_their_states() {
         "pid: {state:#}"
     );
     assert_eq!(state["resources"]["gpus"], 0.0, "{state:#}");
-    assert!(state["resources"]["ports"].as_str().is_some_and(|p| p.starts_with('[')));
+    assert!(
+        state["resources"]["ports"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('['))
+    );
     assert_eq!(
         state["flags"]["work_dir"],
         agent.work_dir().display().to_string()
@@ -453,7 +511,10 @@ fn tasks_show_up_in_every_view_with_their_states() {
         .iter()
         .find(|(_, e)| e["id"] == done_id.as_str())
         .unwrap_or_else(|| panic!("no executor {done_id} in /state: {state:#}"));
-    assert_eq!(done["completed_tasks"][0]["state"], "TASK_FINISHED", "{done:#}");
+    assert_eq!(
+        done["completed_tasks"][0]["state"], "TASK_FINISHED",
+        "{done:#}"
+    );
     assert_eq!(done["tasks"], serde_json::json!([]));
 
     // Killed: no longer launched, no container; terminated until the (detached) framework
@@ -461,7 +522,10 @@ fn tasks_show_up_in_every_view_with_their_states() {
     agent.berth(&["kill", &id]).assert_success();
     agent.wait_for_state(&id, &["TASK_KILLED"], Duration::from_secs(60));
     for ct in ENCODINGS {
-        let tasks = api.call(&call_of(call::Type::GetTasks), ct).get_tasks.unwrap();
+        let tasks = api
+            .call(&call_of(call::Type::GetTasks), ct)
+            .get_tasks
+            .unwrap();
         assert!(find_task(&tasks.launched_tasks, &id).is_none(), "{tasks:?}");
         let ended = find_task(&tasks.terminated_tasks, &id)
             .or_else(|| find_task(&tasks.completed_tasks, &id))
@@ -473,7 +537,9 @@ fn tasks_show_up_in_every_view_with_their_states() {
             .unwrap()
             .containers;
         assert!(
-            !containers.iter().any(|c| c.container_id.value == container_id),
+            !containers
+                .iter()
+                .any(|c| c.container_id.value == container_id),
             "a killed task's container is listed: {containers:?}"
         );
     }
@@ -485,7 +551,10 @@ fn tasks_show_up_in_every_view_with_their_states() {
         .unwrap_or_else(|| panic!("no executor {id} in /state: {state:#}"));
     assert_eq!(killed["tasks"], serde_json::json!([]));
     assert_eq!(killed["completed_tasks"][0]["state"], "TASK_KILLED");
-    assert_eq!(killed["resources"]["cpus"], 0.0, "an ended task holds nothing");
+    assert_eq!(
+        killed["resources"]["cpus"], 0.0,
+        "an ended task holds nothing"
+    );
 }
 
 #[test]
@@ -513,14 +582,22 @@ fn bad_calls_are_refused_clearly_and_the_agent_survives() {
     let mut truncated = codec::encode(&call_of(call::Type::GetMetrics), ContentType::Protobuf);
     truncated.pop();
     expect(api.post("/api/v1", &protobuf, truncated), 400, "Call");
-    expect(api.post("/api/v1", &json, b"{\"type\":".to_vec()), 400, "JSON");
+    expect(
+        api.post("/api/v1", &json, b"{\"type\":".to_vec()),
+        400,
+        "JSON",
+    );
     // A type no Mesos release defines (by name or number), or none at all.
     expect(
         api.post("/api/v1", &json, br#"{"type":"GET_EVERYTHING"}"#.to_vec()),
         400,
         "'type'",
     );
-    expect(api.post("/api/v1", &protobuf, vec![0x08, 0xe7, 0x07]), 400, "999");
+    expect(
+        api.post("/api/v1", &protobuf, vec![0x08, 0xe7, 0x07]),
+        400,
+        "999",
+    );
     expect(api.post("/api/v1", &json, b"{}".to_vec()), 400, "'type'");
     // GET_METRICS without its message, as Mesos refuses it.
     expect(
@@ -530,19 +607,35 @@ fn bad_calls_are_refused_clearly_and_the_agent_survives() {
     );
     // Calls berth does not serve are named.
     expect(
-        api.post("/api/v1", &json, br#"{"type":"GET_LOGGING_LEVEL"}"#.to_vec()),
+        api.post(
+            "/api/v1",
+            &json,
+            br#"{"type":"GET_LOGGING_LEVEL"}"#.to_vec(),
+        ),
         501,
         "GET_LOGGING_LEVEL",
     );
     expect(
-        api.post("/api/v1", &json, br#"{"type":"LAUNCH_NESTED_CONTAINER_SESSION"}"#.to_vec()),
+        api.post(
+            "/api/v1",
+            &json,
+            br#"{"type":"LAUNCH_NESTED_CONTAINER_SESSION"}"#.to_vec(),
+        ),
         501,
         "LAUNCH_NESTED_CONTAINER_SESSION",
     );
-    expect(api.post("/api/v1", &json, br#"{"type":"UNKNOWN"}"#.to_vec()), 501, "UNKNOWN");
+    expect(
+        api.post("/api/v1", &json, br#"{"type":"UNKNOWN"}"#.to_vec()),
+        501,
+        "UNKNOWN",
+    );
     // Content negotiation.
     expect(
-        api.post("/api/v1", &[("Content-Type", "text/plain")], b"GET_HEALTH".to_vec()),
+        api.post(
+            "/api/v1",
+            &[("Content-Type", "text/plain")],
+            b"GET_HEALTH".to_vec(),
+        ),
         415,
         "Content-Type",
     );
@@ -554,7 +647,10 @@ fn bad_calls_are_refused_clearly_and_the_agent_survives() {
     expect(
         api.post(
             "/api/v1",
-            &[("Content-Type", "application/json"), ("Accept", "text/html")],
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "text/html"),
+            ],
             br#"{"type":"GET_HEALTH"}"#.to_vec(),
         ),
         406,

@@ -106,17 +106,14 @@ pub fn tasks(model: &Model<'_>) -> response::GetTasks {
 
 /// The executors, active then completed.
 pub fn executors(model: &Model<'_>) -> response::GetExecutors {
-    let entry = |framework_id: &str, executor: &ExecutorView<'_>| response::get_executors::Executor {
-        executor_info: executor.executor_info(framework_id),
-    };
+    let entry =
+        |framework_id: &str, executor: &ExecutorView<'_>| response::get_executors::Executor {
+            executor_info: executor.executor_info(framework_id),
+        };
     let mut out = response::GetExecutors::default();
     for framework in model.all_frameworks() {
-        out.executors.extend(
-            framework
-                .executors
-                .iter()
-                .map(|e| entry(&framework.id, e)),
-        );
+        out.executors
+            .extend(framework.executors.iter().map(|e| entry(&framework.id, e)));
         out.completed_executors.extend(
             framework
                 .completed_executors

@@ -133,6 +133,9 @@ mod tests {
             ])),
             ("slave(1)@192.0.2.7:15051".to_string(), 15051)
         );
-        assert_eq!(agent_pid(&[]), ("slave(1)@127.0.0.1:5051".to_string(), 5051));
+        assert_eq!(
+            agent_pid(&[]),
+            ("slave(1)@127.0.0.1:5051".to_string(), 5051)
+        );
     }
 }

@@ -26,7 +26,10 @@ pub fn snapshot(model: &Model<'_>, counters: Counters, proc_root: &Path) -> Vec<
 
     put("slave/uptime_secs", counters.uptime_secs);
     put("slave/registered", f64::from(u8::from(counters.registered)));
-    put("slave/container_launch_errors", counters.launch_errors as f64);
+    put(
+        "slave/container_launch_errors",
+        counters.launch_errors as f64,
+    );
 
     let count = |states: &[&str]| -> f64 {
         tasks
@@ -56,10 +59,7 @@ pub fn snapshot(model: &Model<'_>, counters: Counters, proc_root: &Path) -> Vec<
             .filter(|t| phases.contains(&Phase::of(t)))
             .count() as f64
     };
-    put(
-        "slave/executors_registering",
-        executors(&[Phase::Queued]),
-    );
+    put("slave/executors_registering", executors(&[Phase::Queued]));
     put("slave/executors_running", executors(&[Phase::Launched]));
     put("slave/executors_terminating", 0.0);
     put(

@@ -101,7 +101,9 @@ impl OperatorApiError {
             | Self::UnknownType(_)
             | Self::MissingArgument { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::StreamingHeader(header) if *header == MESSAGE_ACCEPT => StatusCode::NOT_ACCEPTABLE,
+            Self::StreamingHeader(header) if *header == MESSAGE_ACCEPT => {
+                StatusCode::NOT_ACCEPTABLE
+            }
             Self::StreamingHeader(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -152,7 +154,11 @@ pub fn accepts(accept: Option<&str>, media: &str) -> bool {
 
 /// The request's call encoding and the response's, from its headers.
 pub fn negotiate(headers: &HeaderMap) -> Result<(ContentType, ContentType), OperatorApiError> {
-    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("<not UTF-8>"));
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("<not UTF-8>"))
+    };
     let content_type = match text(header::CONTENT_TYPE.as_str()) {
         None => return Err(OperatorApiError::MissingContentType),
         Some(value) => ContentType::from_header(value)
@@ -179,7 +185,10 @@ pub fn negotiate(headers: &HeaderMap) -> Result<(ContentType, ContentType), Oper
 
 /// Decodes and validates a call (Mesos' `validation::agent::call::validate` for the calls berth
 /// knows), returning it with its type.
-pub fn decode_call(body: &[u8], content_type: ContentType) -> Result<(agent::Call, Type), OperatorApiError> {
+pub fn decode_call(
+    body: &[u8],
+    content_type: ContentType,
+) -> Result<(agent::Call, Type), OperatorApiError> {
     let call: agent::Call = codec::decode(body, content_type).map_err(OperatorApiError::Decode)?;
     let number = call.r#type.ok_or(OperatorApiError::MissingType)?;
     let kind = Type::try_from(number).map_err(|_| OperatorApiError::UnknownType(number))?;
@@ -200,7 +209,12 @@ pub fn snapshot(agent: &Agent, link: &LinkStatus) -> Snapshot {
     let containerizer = agent.containerizer();
     let sandboxes = tasks
         .iter()
-        .map(|t| (t.container_id.clone(), containerizer.sandbox_dir(&t.container_id)))
+        .map(|t| {
+            (
+                t.container_id.clone(),
+                containerizer.sandbox_dir(&t.container_id),
+            )
+        })
         .collect();
     Snapshot {
         agent_id: settings.id.clone(),
@@ -225,7 +239,12 @@ pub fn state_document(agent: &Agent, link: &LinkStatus) -> Value {
 }
 
 /// Answers one call of the v1 agent API (`POST /api/v1`).
-pub async fn handle(agent: &Arc<Agent>, link: &LinkStatus, headers: &HeaderMap, body: &[u8]) -> Response {
+pub async fn handle(
+    agent: &Arc<Agent>,
+    link: &LinkStatus,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     match serve(agent, link, headers, body).await {
         Ok((response, accept)) => encode(&response, accept),
         Err(err) => {

@@ -336,7 +336,7 @@ impl ExecutorView<'_> {
                 .collect(),
             labels: info.and_then(|i| i.labels.clone()),
             container: info.and_then(|i| i.container.clone()),
-            kill_policy: info.and_then(|i| i.kill_policy.clone()),
+            kill_policy: info.and_then(|i| i.kill_policy),
             user: info
                 .and_then(|i| i.command.as_ref())
                 .and_then(|c| c.user.clone()),

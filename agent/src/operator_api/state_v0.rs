@@ -157,9 +157,10 @@ fn resource_full(resource: &mesos::Resource) -> Value {
 
 fn framework(model: &Model<'_>, framework: &FrameworkView<'_>) -> Value {
     let info = &framework.info;
-    let multi_role = info.capabilities.iter().any(|c| {
-        c.r#type() == mesos::framework_info::capability::Type::MultiRole
-    });
+    let multi_role = info
+        .capabilities
+        .iter()
+        .any(|c| c.r#type() == mesos::framework_info::capability::Type::MultiRole);
     let mut value = json!({
         "id": framework.id,
         "name": info.name,

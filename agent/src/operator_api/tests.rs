@@ -11,9 +11,9 @@ use berth_proto::{
 use serde_json::{Value, json};
 
 use super::{
-    OperatorApiError, accepts, calls, decode_call, fill_empty_lists, metrics, negotiate,
+    OperatorApiError, accepts, calls, decode_call, fill_empty_lists, metrics,
     model::{Model, Phase, Snapshot, attribute},
-    state_v0,
+    negotiate, state_v0,
 };
 use crate::{
     task::{StatusRecord, TaskLimits, TaskRecord},
@@ -80,7 +80,10 @@ fn negotiation_picks_encodings_like_mesos() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
     assert_eq!(
-        status(&[("content-type", "application/json"), ("accept", "text/html")]),
+        status(&[
+            ("content-type", "application/json"),
+            ("accept", "text/html")
+        ]),
         StatusCode::NOT_ACCEPTABLE
     );
     assert_eq!(
@@ -121,10 +124,22 @@ fn calls_decode_and_validate() {
     // GET_METRICS needs its message (the timeout in it is optional).
     let err = decode_call(br#"{"type":"GET_METRICS"}"#, ContentType::Json).unwrap_err();
     assert!(
-        matches!(err, OperatorApiError::MissingArgument { field: "get_metrics", .. }),
+        matches!(
+            err,
+            OperatorApiError::MissingArgument {
+                field: "get_metrics",
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(decode_call(br#"{"type":"GET_METRICS","get_metrics":{}}"#, ContentType::Json).is_ok());
+    assert!(
+        decode_call(
+            br#"{"type":"GET_METRICS","get_metrics":{}}"#,
+            ContentType::Json
+        )
+        .is_ok()
+    );
     // Unknown names read as "no type"; unknown numbers are named.
     let err = decode_call(br#"{"type":"GET_EVERYTHING"}"#, ContentType::Json).unwrap_err();
     assert!(matches!(err, OperatorApiError::MissingType), "{err}");
@@ -266,7 +281,12 @@ fn snapshot() -> Snapshot {
         5.0,
         vec![status("TASK_KILLED", 6.0, true)],
     );
-    let mut old = task("old", "fw-old", 1.0, vec![status("TASK_FINISHED", 2.0, true)]);
+    let mut old = task(
+        "old",
+        "fw-old",
+        1.0,
+        vec![status("TASK_FINISHED", 2.0, true)],
+    );
     old.framework_info = Value::Null;
     old.task_info = Value::Null;
     let tasks = vec![running, queued, terminated, completed, multi, done, old];
@@ -334,17 +354,37 @@ fn tasks_are_grouped_by_phase() {
     assert_eq!(running.state(), mesos::TaskState::TaskRunning);
     assert_eq!(running.framework_id.value, "fw-a");
     assert_eq!(running.agent_id.value, "agent-1");
-    assert_eq!(running.executor_id, None, "command tasks carry no executor id");
+    assert_eq!(
+        running.executor_id, None,
+        "command tasks carry no executor id"
+    );
     assert_eq!(running.user.as_deref(), Some("nobody"));
     assert_eq!(running.statuses.len(), 2);
     assert_eq!(
-        running.statuses[1].container_status.as_ref().unwrap().container_id.as_ref().unwrap().value,
+        running.statuses[1]
+            .container_status
+            .as_ref()
+            .unwrap()
+            .container_id
+            .as_ref()
+            .unwrap()
+            .value,
         "c-running"
     );
-    assert_eq!(berth_proto::resources::scalar_sum(&running.resources, "mem"), 64.0);
+    assert_eq!(
+        berth_proto::resources::scalar_sum(&running.resources, "mem"),
+        64.0
+    );
     // A checkpoint without TaskInfo still gives resources from the limits.
-    let old = tasks.completed_tasks.iter().find(|t| t.task_id.value == "old").unwrap();
-    assert_eq!(berth_proto::resources::scalar_sum(&old.resources, "cpus"), 0.5);
+    let old = tasks
+        .completed_tasks
+        .iter()
+        .find(|t| t.task_id.value == "old")
+        .unwrap();
+    assert_eq!(
+        berth_proto::resources::scalar_sum(&old.resources, "cpus"),
+        0.5
+    );
     // Every message is complete (required fields set).
     codec::check_required(&calls::get_tasks(&model)).unwrap();
 }
@@ -374,7 +414,10 @@ fn frameworks_and_executors() {
     // Completed frameworks, oldest first; one without a FrameworkInfo still has its id.
     assert_eq!(
         names(&frameworks.completed_frameworks),
-        [("fw-old".to_string(), String::new()), ("fw-done".into(), "fw-done-name".into())]
+        [
+            ("fw-old".to_string(), String::new()),
+            ("fw-done".into(), "fw-done-name".into())
+        ]
     );
 
     let executors = calls::executors(&model);
@@ -466,7 +509,10 @@ fn simple_responses() {
     );
     let version = calls::get_version();
     assert_eq!(version.r#type(), agent::response::Type::GetVersion);
-    assert_eq!(version.get_version.unwrap().version_info.version, calls::MESOS_VERSION);
+    assert_eq!(
+        version.get_version.unwrap().version_info.version,
+        calls::MESOS_VERSION
+    );
     let metrics = calls::get_metrics(&[("slave/registered".into(), 1.0)]);
     assert_eq!(
         codec::to_json(&metrics)["get_metrics"]["metrics"],
@@ -474,7 +520,10 @@ fn simple_responses() {
     );
     let mut empty = codec::to_json(&calls::get_metrics(&[]));
     fill_empty_lists(&mut empty);
-    assert_eq!(empty, json!({"type": "GET_METRICS", "get_metrics": {"metrics": []}}));
+    assert_eq!(
+        empty,
+        json!({"type": "GET_METRICS", "get_metrics": {"metrics": []}})
+    );
     assert_eq!(
         codec::to_json(&calls::get_operations()),
         json!({"type": "GET_OPERATIONS", "get_operations": {}})
@@ -493,7 +542,10 @@ fn agent_info_types_attributes() {
     assert_eq!(info.id.unwrap().value, "agent-1");
     assert_eq!(info.hostname, "node-1");
     assert_eq!(info.port, Some(5051));
-    assert_eq!(berth_proto::resources::scalar_sum(&info.resources, "cpus"), 4.0);
+    assert_eq!(
+        berth_proto::resources::scalar_sum(&info.resources, "cpus"),
+        4.0
+    );
     assert_eq!(
         berth_proto::resources::range_list(&info.resources, "ports"),
         [(31000, 32000), (33000, 33010)]
@@ -539,13 +591,19 @@ fn containers_of_running_executors_with_statistics() {
     };
     let response = calls::get_containers(&model, &[usage]);
     let containers = response.get_containers.unwrap().containers;
-    let listed: Vec<&str> = containers.iter().map(|c| c.container_id.value.as_str()).collect();
+    let listed: Vec<&str> = containers
+        .iter()
+        .map(|c| c.container_id.value.as_str())
+        .collect();
     // Running and queued executors; not the terminated or completed ones.
     assert_eq!(listed, ["c-running", "c-queued", "c-multi"]);
     let c = &containers[0];
     assert_eq!(c.executor_id.as_ref().unwrap().value, "running");
     assert_eq!(c.framework_id.as_ref().unwrap().value, "fw-a");
-    assert_eq!(c.container_status.as_ref().unwrap().executor_pid, Some(4242));
+    assert_eq!(
+        c.container_status.as_ref().unwrap().executor_pid,
+        Some(4242)
+    );
     let stats = c.resource_statistics.as_ref().unwrap();
     assert_eq!(stats.timestamp, 100.0);
     assert_eq!(stats.cpus_user_time_secs, Some(2.0));
@@ -559,7 +617,10 @@ fn containers_of_running_executors_with_statistics() {
     assert_eq!(stats.disk_used_bytes, Some(4096));
     assert!(containers[1].resource_statistics.is_none());
     let json = codec::to_json(&calls::get_containers(&model, &[]));
-    assert_eq!(json["get_containers"]["containers"][0]["container_id"]["value"], "c-running");
+    assert_eq!(
+        json["get_containers"]["containers"][0]["container_id"]["value"],
+        "c-running"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,7 +673,10 @@ fn v0_state_has_the_mesos_shape() {
     assert!(frameworks[1].get("role").is_none());
 
     let executors = fw["executors"].as_array().unwrap();
-    let executor_ids: Vec<&str> = executors.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let executor_ids: Vec<&str> = executors
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(executor_ids, ["running", "queued", "terminated"]);
     let running = &executors[0];
     assert_eq!(running["source"], "running");
@@ -673,7 +737,10 @@ fn completed_frameworks_are_capped_like_mesos() {
         .collect();
     let model = Model::new(&snapshot);
     assert!(model.frameworks.is_empty());
-    assert_eq!(model.completed_frameworks.len(), super::model::MAX_COMPLETED_FRAMEWORKS);
+    assert_eq!(
+        model.completed_frameworks.len(),
+        super::model::MAX_COMPLETED_FRAMEWORKS
+    );
     // The most recent ones are kept.
     assert_eq!(model.completed_frameworks[0].id, "fw-10");
     assert_eq!(model.completed_frameworks.last().unwrap().id, "fw-59");
