@@ -803,3 +803,19 @@ fn metrics_use_mesos_names() {
     let list = metrics::snapshot(&model, counters, empty.path());
     assert!(!list.iter().any(|(n, _)| n.starts_with("system/load")));
 }
+
+#[test]
+fn checkpoints_written_before_framework_info_still_load() {
+    let mut record = serde_json::to_value(&snapshot().tasks[0]).unwrap();
+    record.as_object_mut().unwrap().remove("framework_info");
+    let task: TaskRecord = serde_json::from_value(record).unwrap();
+    assert_eq!(task.framework_info, Value::Null);
+    let snapshot = Snapshot {
+        tasks: vec![task],
+        ..Snapshot::default()
+    };
+    let model = Model::new(&snapshot);
+    let info = &model.frameworks[0].info;
+    assert_eq!(info.id.as_ref().unwrap().value, "fw-a");
+    codec::check_required(&calls::get_frameworks(&model)).unwrap();
+}
