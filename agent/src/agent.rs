@@ -48,6 +48,8 @@ pub struct AgentSettings {
     pub default_grace: Duration,
     /// Where relative seccomp profile names of tasks are looked up.
     pub seccomp_config_dir: Option<PathBuf>,
+    /// The agent's flags, name (`work_dir`) and value, for the operator APIs.
+    pub flags: Vec<(String, String)>,
 }
 
 /// The agent.
@@ -726,7 +728,7 @@ impl AgentPort for Arc<Agent> {
                 started_at: None,
                 exit_code: None,
                 grace_secs: grace.as_secs_f64(),
-                framework_info: Some(berth_proto::codec::to_json(framework)),
+                framework_info: berth_proto::codec::to_json(framework),
             };
             self.checkpoint_task(&record);
             tasks.insert(task_id.clone(), record);
@@ -804,9 +806,8 @@ impl AgentCore for Arc<Agent> {
         let records: Vec<TaskRecord> = self.tasks().into_iter().filter(|t| t.is_active()).collect();
         let mut frameworks: BTreeMap<String, mesos::FrameworkInfo> = BTreeMap::new();
         for record in &records {
-            let info = record
-                .framework_info
-                .as_ref()
+            let info = Some(&record.framework_info)
+                .filter(|v| !v.is_null())
                 .and_then(|v| serde_json::to_vec(v).ok())
                 .and_then(|b| berth_proto::codec::from_json::<mesos::FrameworkInfo>(&b).ok())
                 .unwrap_or_else(|| mesos::FrameworkInfo {
@@ -898,7 +899,7 @@ impl AgentCore for Arc<Agent> {
             .values_mut()
             .filter(|t| t.framework_id == framework_id)
         {
-            task.framework_info = Some(json.clone());
+            task.framework_info = json.clone();
             self.checkpoint_task(task);
         }
     }

@@ -224,6 +224,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         default_pids_max: flags.default_pids_max,
         default_grace: Duration::from_secs(3),
         seccomp_config_dir: flags.isolation.seccomp_config_dir.clone(),
+        flags: crate::operator_api::flags::from_command_line(std::env::args_os()),
     };
     let agent = Agent::new(settings, containerizer, Arc::new(Metrics::default()));
     agent

@@ -1,5 +1,7 @@
-//! The agent's HTTP server: `/health`, `/state`, `/metrics`, the operator endpoints the CLI uses
-//! under `/api/berth/v1`, and (with the embedded master) `/api/v1/scheduler`.
+//! The agent's HTTP server: `/health`, `/state`, `/metrics`, the Mesos v1 agent operator API at
+//! `/api/v1` ([`crate::operator_api`]), the operator endpoints the CLI uses under
+//! `/api/berth/v1`, and (with the embedded master) `/api/v1/scheduler`. As on a Mesos agent,
+//! `/state` and `/api/v1` are also served under the agent's process id, `/slave(1)/...`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -18,6 +20,7 @@ use crate::{
     agent::{Agent, AgentError},
     master::{EmbeddedMaster, scheduler_api},
     metrics::Gauge,
+    operator_api::{self, LinkStatus},
     task::{self, TaskRecord},
 };
 
@@ -38,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/state", get(agent_state))
         .route("/state.json", get(agent_state))
+        .route("/slave(1)/state", get(agent_state))
+        .route("/slave(1)/state.json", get(agent_state))
+        .route("/api/v1", post(operator))
+        .route("/slave(1)/api/v1", post(operator))
         .route("/metrics", get(metrics))
         .route("/monitor/statistics", get(monitor_statistics))
         .route("/monitor/statistics.json", get(monitor_statistics))
@@ -301,68 +308,36 @@ fn read_range(path: &std::path::Path, offset: u64, limit: u64) -> std::io::Resul
     Ok(out)
 }
 
-async fn agent_state(State(state): State<AppState>) -> Json<Value> {
-    let agent = &state.agent;
-    let settings = agent.settings();
-    let tasks = agent.tasks();
-    let mut frameworks: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
-    let mut used = crate::resources::ResourceSet::default();
-    for task in &tasks {
-        let entry = frameworks.entry(task.framework_id.clone()).or_default();
-        let value = json!({
-            "id": task.id,
-            "name": task.name,
-            "framework_id": task.framework_id,
-            "executor_id": "",
-            "slave_id": settings.id,
-            "state": task.state,
-            "resources": {"cpus": task.limits.cpus, "mem": task.limits.mem_mb},
-            "statuses": task.statuses.iter().map(|s| json!({"state": s.state, "timestamp": s.timestamp})).collect::<Vec<_>>(),
-            "container_id": task.container_id,
-        });
-        if task::is_terminal(&task.state) {
-            entry.1.push(value);
-        } else {
-            used.scalars
-                .entry("cpus".into())
-                .and_modify(|v| *v += task.limits.cpus)
-                .or_insert(task.limits.cpus);
-            used.scalars
-                .entry("mem".into())
-                .and_modify(|v| *v += task.limits.mem_mb)
-                .or_insert(task.limits.mem_mb);
-            entry.0.push(value);
-        }
+/// What the operator APIs report about the master link.
+fn link_status(state: &AppState) -> LinkStatus {
+    use crate::link::MasterLink;
+    let Some(link) = &state.link else {
+        return LinkStatus::default();
+    };
+    let registered = link.is_registered();
+    LinkStatus {
+        registered,
+        master_hostname: registered
+            .then(|| link.master().map(|m| m.addr.ip().to_string()))
+            .flatten(),
+        capabilities: crate::mesos::link::agent_capabilities()
+            .iter()
+            .map(|c| c.r#type().as_str_name().to_string())
+            .collect(),
     }
-    let frameworks: Vec<Value> = frameworks
-        .into_iter()
-        .map(|(id, (running, completed))| json!({"id": id, "tasks": running, "completed_tasks": completed}))
-        .collect();
-    Json(json!({
-        "id": settings.id,
-        "hostname": settings.hostname,
-        "version": env!("CARGO_PKG_VERSION"),
-        "start_time": crate::task::now() - agent.uptime().as_secs_f64(),
-        "master_hostname": if state.master.is_some() { "embedded" } else { "" },
-        "resources": resources_json(&settings.resources),
-        "used_resources": resources_json(&used),
-        "attributes": settings.attributes.iter().cloned().collect::<BTreeMap<_, _>>(),
-        "flags": {"work_dir": settings.meta_dir.parent().map(|p| p.display().to_string())},
-        "frameworks": frameworks,
-        "completed_frameworks": [],
-    }))
 }
 
-fn resources_json(set: &crate::resources::ResourceSet) -> Value {
-    let mut map = serde_json::Map::new();
-    for (name, value) in &set.scalars {
-        map.insert(name.clone(), json!(value));
-    }
-    for (name, ranges) in &set.ranges {
-        let list: Vec<String> = ranges.iter().map(|(b, e)| format!("{b}-{e}")).collect();
-        map.insert(name.clone(), json!(format!("[{}]", list.join(", "))));
-    }
-    Value::Object(map)
+/// Mesos v0 `/state`.
+async fn agent_state(State(state): State<AppState>) -> Json<Value> {
+    Json(operator_api::state_document(
+        &state.agent,
+        &link_status(&state),
+    ))
+}
+
+/// `POST /api/v1`: the Mesos v1 agent operator API.
+async fn operator(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    operator_api::handle(&state.agent, &link_status(&state), &headers, &body).await
 }
 
 /// Mesos `/monitor/statistics`: resource usage of every running task's container.

@@ -10,7 +10,8 @@
 //!   [`mesos`]: the agent's side of the Mesos agent protocol (ZooKeeper leader detection,
 //!   registration, the master's messages); [`master`]: the embedded offer-based master (the
 //!   same wire protocol from the master's side) and its Mesos v1 scheduler HTTP API.
-//! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`.
+//! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`;
+//!   [`operator_api`]: the Mesos v1 agent operator API (`/api/v1`) and the v0 `/state` document.
 //! - [`cli`]: `berth run | ps | logs | kill | inspect`.
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod link;
 pub mod master;
 pub mod mesos;
 pub mod metrics;
+pub mod operator_api;
 pub mod resources;
 pub mod status_updates;
 pub mod task;

@@ -60,6 +60,11 @@ impl Metrics {
         self.launch_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Launches that failed so far.
+    pub fn launch_failures(&self) -> u64 {
+        self.launch_failures.load(Ordering::Relaxed)
+    }
+
     /// Renders the counters, the histogram and the given gauges.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();

@@ -35,9 +35,10 @@ pub struct TaskRecord {
     pub exit_code: Option<i32>,
     /// Kill grace period, seconds.
     pub grace_secs: f64,
-    /// The launching framework's FrameworkInfo as Mesos JSON (reported when re-registering).
+    /// The framework's FrameworkInfo as Mesos JSON, as the task brought it (null in checkpoints
+    /// written before it was kept): the operator APIs report frameworks from it.
     #[serde(default)]
-    pub framework_info: Option<serde_json::Value>,
+    pub framework_info: serde_json::Value,
 }
 
 /// Limits of a task's container, as derived from its resources and labels.

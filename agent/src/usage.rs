@@ -214,7 +214,7 @@ mod tests {
                 started_at: None,
                 exit_code: None,
                 grace_secs: 3.0,
-                framework_info: None,
+                framework_info: Value::Null,
             },
             usage: Usage {
                 cpu_usage_ns: 2_500_000_000,

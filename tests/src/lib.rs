@@ -751,12 +751,13 @@ impl Agent {
                 b"",
                 Duration::from_secs(2),
             ) && r.status == 200
+                && (!self.mode.iter().any(|m| m == "--dev") || self.registered())
             {
                 return Ok(());
             }
             if start.elapsed() > timeout {
                 return Err(format!(
-                    "GET {}/health did not return 200 within {timeout:?}",
+                    "GET {}/health did not return 200 (and, in --dev, the agent did not register) within {timeout:?}",
                     self.url
                 ));
             }
@@ -810,6 +811,19 @@ impl Agent {
                 self.stderr_tail(30)
             );
         }
+    }
+
+    /// Whether the agent reports itself registered with its master.
+    pub fn registered(&self) -> bool {
+        http_request(
+            self.addr,
+            "GET",
+            "/api/berth/v1/master",
+            None,
+            b"",
+            Duration::from_secs(2),
+        )
+        .is_ok_and(|r| r.status == 200 && r.json()["registered"] == true)
     }
 
     /// `http://127.0.0.1:PORT`
