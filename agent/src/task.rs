@@ -155,7 +155,7 @@ impl TaskRecord {
             status_update_uuid: unacked.and_then(|s| hex_decode(&s.uuid)),
             labels: info.as_ref().and_then(|i| i.labels.clone()),
             container: info.as_ref().and_then(|i| i.container.clone()),
-            kill_policy: info.as_ref().and_then(|i| i.kill_policy.clone()),
+            kill_policy: info.as_ref().and_then(|i| i.kill_policy),
             user: None,
         }
     }

@@ -148,6 +148,40 @@ impl Framework {
         );
     }
 
+    /// DECLINE of one offer with no refuse filter (the next offer comes at once).
+    pub async fn decline(&self, offer: &mesos::Offer) {
+        let mut decline = call(scheduler::call::Type::Decline);
+        decline.decline = Some(scheduler::call::Decline {
+            offer_ids: vec![offer.id.clone()],
+            filters: Some(mesos::Filters {
+                refuse_seconds: Some(0.0),
+            }),
+        });
+        self.send(decline).await;
+    }
+
+    /// KILL of a task (its own kill policy).
+    pub async fn kill(&self, task_id: &str) {
+        let mut kill = call(scheduler::call::Type::Kill);
+        kill.kill = Some(scheduler::call::Kill {
+            task_id: mesos::TaskId {
+                value: task_id.into(),
+            },
+            ..Default::default()
+        });
+        self.send(kill).await;
+    }
+
+    /// Launches one shell task (0.1 cpus, 32 MB) out of the next offer.
+    pub async fn launch_one(&mut self, task_id: &str, shell: &str) {
+        let offer = self.offer().await;
+        self.send(launch(
+            &offer,
+            vec![task(task_id, &offer.agent_id, 0.1, 32.0, shell)],
+        ))
+        .await;
+    }
+
     pub async fn offer(&mut self) -> mesos::Offer {
         let event = self.next_of(scheduler::event::Type::Offers).await;
         event

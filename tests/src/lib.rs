@@ -761,7 +761,7 @@ impl Agent {
                     self.url
                 ));
             }
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(10));
         }
     }
 

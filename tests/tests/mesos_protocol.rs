@@ -162,6 +162,9 @@ fn wire_register_run_kill_and_reregister_after_agent_crash() {
     let agent_id = registered["id"].as_str().unwrap().to_string();
     assert!(agent_id.contains("-S"), "{registered}");
     // The agent checkpointed the id the master gave it.
+    wait_until("the agent took the registration", || {
+        link_state(&agent)["registered"] == true
+    });
     assert_eq!(link_state(&agent)["agent_id"], agent_id.as_str());
     runtime().block_on(async {
         let mut fw = Framework::subscribe(&master.url(), ContentType::Protobuf, "wire-fw").await;
@@ -200,14 +203,7 @@ fn wire_register_run_kill_and_reregister_after_agent_crash() {
         assert_eq!(link["agent_id"], agent_id.as_str(), "{link}");
         assert_eq!(link["registrations"], 1, "{link}");
         // The master reaches the restarted agent: kill the task through it.
-        let mut kill = call(scheduler::call::Type::Kill);
-        kill.kill = Some(scheduler::call::Kill {
-            task_id: mesos::TaskId {
-                value: "long".into(),
-            },
-            ..Default::default()
-        });
-        fw.send(kill).await;
+        fw.kill("long").await;
         fw.until_state("long", mesos::TaskState::TaskKilled).await;
         teardown(&fw, &agent).await;
     });
@@ -228,12 +224,7 @@ fn ping_timeouts_mark_the_agent_unreachable_and_it_reregisters() {
     let agent_id = one_agent(&master)["id"].as_str().unwrap().to_string();
     runtime().block_on(async {
         let mut fw = Framework::subscribe(&master.url(), ContentType::Json, "ping-fw").await;
-        let offer = fw.offer().await;
-        fw.send(launch(
-            &offer,
-            vec![task("t", &offer.agent_id, 0.1, 32.0, "sleep 300")],
-        ))
-        .await;
+        fw.launch_one("t", "sleep 300").await;
         fw.until_state("t", mesos::TaskState::TaskRunning).await;
         // A frozen agent answers no pings.
         struct Thaw(i32);
@@ -273,12 +264,7 @@ fn status_updates_are_retried_until_acknowledged_one_in_flight() {
     one_agent(&master);
     runtime().block_on(async {
         let mut fw = Framework::subscribe(&master.url(), ContentType::Protobuf, "noack-fw").await;
-        let offer = fw.offer().await;
-        fw.send(launch(
-            &offer,
-            vec![task("t", &offer.agent_id, 0.1, 32.0, "sleep 300")],
-        ))
-        .await;
+        fw.launch_one("t", "sleep 300").await;
         // The framework does not acknowledge the first update: the agent re-sends it (after 10 s)
         // and sends nothing newer for that task meanwhile, although the task is running.
         let first = fw.next_of(scheduler::event::Type::Update).await;
@@ -325,12 +311,7 @@ fn crash_between_checkpoint_and_send_delivers_the_update_once_in_order() {
     one_agent(&master);
     runtime().block_on(async {
         let mut fw = Framework::subscribe(&master.url(), ContentType::Protobuf, "crash-fw").await;
-        let offer = fw.offer().await;
-        fw.send(launch(
-            &offer,
-            vec![task("t", &offer.agent_id, 0.1, 32.0, "sleep 300")],
-        ))
-        .await;
+        fw.launch_one("t", "sleep 300").await;
         let starting = fw.update_of("t").await;
         assert_eq!(starting.state(), mesos::TaskState::TaskStarting);
         // The agent dies right after checkpointing TASK_RUNNING, before sending it.
@@ -358,12 +339,7 @@ fn crash_between_checkpoint_and_send_delivers_the_update_once_in_order() {
             mesos::TaskState::TaskRunning,
             "{running:?}"
         );
-        let mut kill = call(scheduler::call::Type::Kill);
-        kill.kill = Some(scheduler::call::Kill {
-            task_id: mesos::TaskId { value: "t".into() },
-            ..Default::default()
-        });
-        fw.send(kill).await;
+        fw.kill("t").await;
         let after = fw.update_of("t").await;
         assert_eq!(
             after.state(),
@@ -552,6 +528,9 @@ fn zookeeper_leader_failover_between_two_masters() {
     assert_eq!(second.state().unwrap()["leading"], false);
     let agent = Agent::start_with_master(&url, &[]);
     one_agent(&first);
+    wait_until("the agent took the registration", || {
+        link_state(&agent)["registered"] == true
+    });
     let agent_id = link_state(&agent)["agent_id"].as_str().unwrap().to_string();
     // The leader dies: its ZooKeeper session expires, the second master leads, the agent follows
     // and re-registers with the id it had.

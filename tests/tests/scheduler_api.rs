@@ -27,14 +27,7 @@ fn scheduler_api_protobuf_framework_lifecycle() {
         let offer = fw.offer().await;
         let cpus = berth_proto::resources::scalar_sum(&offer.resources, "cpus");
         assert!(cpus > 0.0 && berth_proto::resources::scalar_sum(&offer.resources, "mem") > 0.0);
-        let mut decline = call(scheduler::call::Type::Decline);
-        decline.decline = Some(scheduler::call::Decline {
-            offer_ids: vec![offer.id.clone()],
-            filters: Some(mesos::Filters {
-                refuse_seconds: Some(0.0),
-            }),
-        });
-        fw.send(decline).await;
+        fw.decline(&offer).await;
         let offer = fw.offer().await;
 
         eprintln!("{:?}: LAUNCH: one good task,", begun.elapsed());

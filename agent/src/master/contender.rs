@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::mesos::{
     detector::{self, DetectError, DetectOptions, MasterLeader, MasterSource},
-    zk::{Acl, SessionState, ZkAuth, ZkClient, ZkOptions, create_flags},
+    zk::{SessionState, create_flags},
 };
 
 /// Joins the masters' group at `zk_url` (`zk://host:port,.../path`) with `info`; reports
@@ -38,24 +38,7 @@ pub async fn contend(
     )
     .await?;
     let (leading_tx, leading_rx) = watch::channel(false);
-    let auth = url.credentials.as_ref().map(|c| ZkAuth {
-        scheme: "digest".into(),
-        credentials: c.as_bytes().to_vec(),
-    });
-    let acl = if auth.is_some() {
-        Acl::everyone_read_creator_all()
-    } else {
-        Acl::open_unsafe()
-    };
-    let options = ZkOptions {
-        session_timeout,
-        auth,
-    };
-    let client =
-        ZkClient::start(&url.servers, options).map_err(|source| DetectError::ZooKeeper {
-            url: url.to_string(),
-            source,
-        })?;
+    let (client, acl) = detector::zk_session(&url, session_timeout)?;
     // Membership: (re)create our znode whenever a new session starts.
     let path = url.path.clone();
     tokio::spawn(async move {

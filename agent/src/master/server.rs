@@ -188,7 +188,10 @@ pub async fn run_master_command(flags: crate::cli::MasterFlags) -> anyhow::Resul
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    if !(flags.agent_ping_timeout > 0.0) || flags.max_agent_ping_timeouts == 0 {
+    if flags.agent_ping_timeout.is_nan()
+        || flags.agent_ping_timeout <= 0.0
+        || flags.max_agent_ping_timeouts == 0
+    {
         anyhow::bail!("--agent-ping-timeout and --max-agent-ping-timeouts must be positive");
     }
     let running = start_master(

@@ -284,7 +284,7 @@ impl MasterProcess {
                         status
                     })
                     .collect();
-                (!statuses.is_empty()).then(|| internal::ReconcileTasksMessage {
+                (!statuses.is_empty()).then_some(internal::ReconcileTasksMessage {
                     framework_id: mesos::FrameworkId {
                         value: framework_id,
                     },
@@ -471,7 +471,6 @@ impl AgentPort for AgentHandle {
                     grace_period: Some(mesos::DurationInfo {
                         nanoseconds: i64::try_from(g.as_nanos()).unwrap_or(i64::MAX),
                     }),
-                    ..Default::default()
                 }),
             },
         );

@@ -208,6 +208,33 @@ pub async fn detect(master: &str) -> Result<MasterDetector, DetectError> {
     detect_with(master, DetectOptions::default()).await
 }
 
+/// A ZooKeeper session for a `zk://` URL (digest auth from its credentials) and the ACL that
+/// nodes created in it get (creator-only writes when authenticated, open otherwise).
+pub fn zk_session(
+    url: &ZkUrl,
+    session_timeout: Duration,
+) -> Result<(ZkClient, Vec<Acl>), DetectError> {
+    let auth = url.credentials.as_ref().map(|c| ZkAuth {
+        scheme: "digest".into(),
+        credentials: c.as_bytes().to_vec(),
+    });
+    let acl = if auth.is_some() {
+        Acl::everyone_read_creator_all()
+    } else {
+        Acl::open_unsafe()
+    };
+    let options = ZkOptions {
+        session_timeout,
+        auth,
+    };
+    let client =
+        ZkClient::start(&url.servers, options).map_err(|source| DetectError::ZooKeeper {
+            url: url.to_string(),
+            source,
+        })?;
+    Ok((client, acl))
+}
+
 /// [`detect`] with settings.
 pub async fn detect_with(
     master: &str,
@@ -226,25 +253,7 @@ pub async fn detect_with(
             })
         }
         MasterSource::ZooKeeper(url) => {
-            let auth = url.credentials.as_ref().map(|c| ZkAuth {
-                scheme: "digest".into(),
-                credentials: c.as_bytes().to_vec(),
-            });
-            let acl = if auth.is_some() {
-                Acl::everyone_read_creator_all()
-            } else {
-                Acl::open_unsafe()
-            };
-            let zk_options = ZkOptions {
-                session_timeout: options.zk_session_timeout,
-                auth,
-            };
-            let client = ZkClient::start(&url.servers, zk_options).map_err(|source| {
-                DetectError::ZooKeeper {
-                    url: url.to_string(),
-                    source,
-                }
-            })?;
+            let (client, acl) = zk_session(&url, options.zk_session_timeout)?;
             info!(url = %url, "detecting the leading master from ZooKeeper");
             let (tx, rx) = watch::channel(None);
             let follower = GroupFollower {

@@ -744,7 +744,6 @@ mod tests {
                     grace_period: Some(mesos::DurationInfo {
                         nanoseconds: 2_000_000_000,
                     }),
-                    ..Default::default()
                 }),
             },
         );
@@ -874,8 +873,8 @@ mod tests {
     #[test]
     fn advertise_ip_prefers_flag_then_listen_then_route() {
         let any: SocketAddr = "0.0.0.0:5051".parse().unwrap();
-        let flag = Some("10.1.2.3".parse().unwrap());
-        assert_eq!(advertise_ip(any, flag, None), flag.unwrap());
+        let flag: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(advertise_ip(any, Some(flag), None), flag);
         let specific: SocketAddr = "127.0.0.2:5051".parse().unwrap();
         assert_eq!(advertise_ip(specific, None, None).to_string(), "127.0.0.2");
         let toward = Some("127.0.0.1:5050".parse().unwrap());

@@ -7,7 +7,8 @@
 //!
 //! Everything runs on loopback: one `berth master` and `berth agent --master` processes.
 //! 1. Registration + first offer: a framework is subscribed to the master; a fresh agent (new
-//!    work dir) is started; the time from its spawn to the first offer of its resources, N times,
+//!    work dir) is started; the time from its spawn to the first offer of its resources (agent
+//!    start-up included; the harness polls the agent's health every 10 ms), N times,
 //!    with `--registration-backoff-factor 0` (no random start delay) and with the Mesos default of
 //!    1 s (a uniformly random delay in [0, 1 s] before the first attempt, as mesos-agent has).
 //! 2. Status update throughput: 1000 tasks launched in one ACCEPT that the agent refuses at once
@@ -84,17 +85,6 @@ fn vm_rss_kb(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn decline_all(fw: &Framework, offer: &mesos::Offer) {
-    let mut decline = call(scheduler::call::Type::Decline);
-    decline.decline = Some(scheduler::call::Decline {
-        offer_ids: vec![offer.id.clone()],
-        filters: Some(mesos::Filters {
-            refuse_seconds: Some(0.0),
-        }),
-    });
-    fw.send(decline).await;
-}
-
 fn registration_latency(n: usize, backoff: &str) -> Vec<f64> {
     let master = Master::start(&[]);
     let mut samples = Vec::new();
@@ -112,10 +102,10 @@ fn registration_latency(n: usize, backoff: &str) -> Vec<f64> {
                 if seen.insert(offer.agent_id.value.clone()) {
                     break offer;
                 }
-                decline_all(&fw, &offer).await;
+                fw.decline(&offer).await;
             };
             samples.push(began.elapsed().as_secs_f64() * 1000.0);
-            decline_all(&fw, &offer).await;
+            fw.decline(&offer).await;
             drop(agent);
         }
     });
