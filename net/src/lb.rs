@@ -1,0 +1,402 @@
+//! The L4 load balancer: VIP labels, the desired VIP → backends state, and its reconciliation
+//! into the `lb` slot map of the nftables table (see [`crate::nft`]).
+//!
+//! `apply(desired)` computes the slot table (each VIP's `slots` elements filled round-robin
+//! with its sorted backends), diffs it against the last applied table and sends one transaction
+//! touching only the changed elements; the first apply (or one after a failure) flushes the map
+//! and loads everything in the same transaction. UDP conntrack entries of a backend that left a
+//! VIP are flushed after the transaction, so datagrams stop reaching it at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::addr::Ipv4Net;
+use crate::bridge::fnv1a;
+use crate::nft::{ConntrackFlow, NftConfig, NftError, NftExec, Proto};
+
+/// The default VIP range named VIPs are hashed into.
+pub const DEFAULT_VIP_RANGE: &str = "11.0.0.0/8";
+
+/// Errors of VIP labels and load balancer updates.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    /// A `VIP_n` label value is malformed.
+    #[error("VIP label {label}={value:?}: {reason}")]
+    BadLabel {
+        /// The label key (`VIP_0`).
+        label: String,
+        /// The value.
+        value: String,
+        /// What is wrong, and what was expected.
+        reason: String,
+    },
+    /// Two different VIP names hash to the same address.
+    #[error("VIP names {a:?} and {b:?} hash to the same address {addr}")]
+    NameCollision {
+        /// One name.
+        a: String,
+        /// The other.
+        b: String,
+        /// The address.
+        addr: Ipv4Addr,
+    },
+    /// The nftables transaction (or a conntrack flush) failed.
+    #[error(transparent)]
+    Nft(#[from] NftError),
+}
+
+/// Where a VIP label points.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VipTarget {
+    /// `/name:port`: a named VIP, `name.l4lb.berth.directory`, address hashed into the VIP range.
+    Named(String),
+    /// `ip:port`: a fixed address.
+    Addr(Ipv4Addr),
+}
+
+/// A parsed `VIP_n` label: target and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipLabel {
+    /// The target.
+    pub target: VipTarget,
+    /// The VIP port.
+    pub port: u16,
+}
+
+impl VipLabel {
+    /// Parses a label value: `/name:port` or `ip:port`. `label` (`VIP_0`) names the label in
+    /// errors. Names are DNS labels (`[a-z0-9-]`, 1–63, no leading/trailing `-`; dots allowed
+    /// between labels).
+    pub fn parse(label: &str, value: &str) -> Result<Self, LbError> {
+        let bad = |reason: &str| LbError::BadLabel {
+            label: label.into(),
+            value: value.into(),
+            reason: reason.into(),
+        };
+        let (head, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected /name:port or ip:port (no ':port')"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("port must be a number 1..=65535"))?;
+        let target = if let Some(name) = head.strip_prefix('/') {
+            let name = name.to_ascii_lowercase();
+            if name.is_empty() {
+                return Err(bad("empty VIP name after '/'"));
+            }
+            let valid_label = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !name.split('.').all(valid_label) {
+                return Err(bad("VIP name must be DNS labels of [a-z0-9-]"));
+            }
+            VipTarget::Named(name)
+        } else {
+            let ip: Ipv4Addr = head.parse().map_err(|_| {
+                bad("expected /name:port (a named VIP starts with '/') or a dotted IPv4 ip:port")
+            })?;
+            VipTarget::Addr(ip)
+        };
+        Ok(Self { target, port })
+    }
+}
+
+/// Parses the `VIP_n` labels of a task (other labels are ignored) into (label, VIP) pairs.
+pub fn parse_vip_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<VipLabel>, LbError> {
+    let mut out = Vec::new();
+    for (k, v) in labels {
+        let Some(n) = k.strip_prefix("VIP_") else {
+            continue;
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(LbError::BadLabel {
+                label: k.into(),
+                value: v.into(),
+                reason: "VIP label keys are VIP_<number>".into(),
+            });
+        }
+        out.push(VipLabel::parse(k, v)?);
+    }
+    Ok(out)
+}
+
+/// The address of a named VIP: FNV-1a of the name into `range`, never its network or
+/// broadcast address. Every node computes the same address.
+pub fn vip_address(name: &str, range: Ipv4Net) -> Ipv4Addr {
+    let hosts = range.size().saturating_sub(2).max(1);
+    let off = 1 + fnv1a(name) % hosts;
+    range
+        .nth(off.min(range.size() - 1))
+        .expect("offset inside the range")
+}
+
+/// A VIP as programmed: address, protocol, port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    /// The VIP address.
+    pub addr: Ipv4Addr,
+    /// The protocol.
+    pub proto: Proto,
+    /// The VIP port.
+    pub port: u16,
+}
+
+/// A backend: a task's address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+}
+
+/// The desired load balancer state: every VIP with its (running, healthy) backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbState {
+    /// VIP → backends.
+    pub vips: BTreeMap<VipKey, BTreeSet<Backend>>,
+    names: BTreeMap<Ipv4Addr, String>,
+}
+
+impl LbState {
+    /// Adds `backend` under a VIP label (named VIPs are hashed into `range`). Two names that
+    /// collide on one address are an error.
+    pub fn add(
+        &mut self,
+        vip: &VipLabel,
+        proto: Proto,
+        backend: Backend,
+        range: Ipv4Net,
+    ) -> Result<VipKey, LbError> {
+        let addr = match &vip.target {
+            VipTarget::Addr(a) => *a,
+            VipTarget::Named(name) => {
+                let addr = vip_address(name, range);
+                match self.names.get(&addr) {
+                    Some(other) if other != name => {
+                        return Err(LbError::NameCollision {
+                            a: other.clone(),
+                            b: name.clone(),
+                            addr,
+                        });
+                    }
+                    _ => {
+                        self.names.insert(addr, name.clone());
+                    }
+                }
+                addr
+            }
+        };
+        let key = VipKey {
+            addr,
+            proto,
+            port: vip.port,
+        };
+        self.vips.entry(key).or_default().insert(backend);
+        Ok(key)
+    }
+
+    /// Adds `backend` under an explicit VIP key.
+    pub fn add_key(&mut self, key: VipKey, backend: Backend) {
+        self.vips.entry(key).or_default().insert(backend);
+    }
+
+    /// The named VIP behind an address, if any (for DNS and `berth net ls`).
+    pub fn name_of(&self, addr: Ipv4Addr) -> Option<&str> {
+        self.names.get(&addr).map(String::as_str)
+    }
+}
+
+type SlotTable = BTreeMap<(VipKey, u16), Backend>;
+
+fn slot_table(state: &LbState, slots: u16) -> SlotTable {
+    let mut t = SlotTable::new();
+    for (key, backends) in &state.vips {
+        let bs: Vec<&Backend> = backends.iter().collect();
+        if bs.is_empty() {
+            continue;
+        }
+        if bs.len() > slots as usize {
+            tracing::warn!(vip = %key.addr, port = key.port, backends = bs.len(), slots,
+                "more backends than slots: only the first {slots} receive connections");
+        }
+        for s in 0..slots {
+            t.insert((*key, s), *bs[s as usize % bs.len()]);
+        }
+    }
+    t
+}
+
+fn element(key: &VipKey, slot: u16) -> String {
+    format!("{} . {} . {} . {}", key.addr, key.proto, key.port, slot)
+}
+
+/// What one `apply` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbApplyStats {
+    /// Whether the map was flushed and fully reloaded.
+    pub full: bool,
+    /// Elements added (including replaced ones).
+    pub added: usize,
+    /// Elements deleted (including replaced ones).
+    pub deleted: usize,
+    /// Conntrack flows flushed (UDP backends that left a VIP).
+    pub flushed: usize,
+}
+
+/// The load balancer: owns the `lb` map of the table.
+pub struct LoadBalancer {
+    exec: Arc<dyn NftExec>,
+    cfg: NftConfig,
+    applied: Option<SlotTable>,
+}
+
+impl std::fmt::Debug for LoadBalancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadBalancer")
+            .field("cfg", &self.cfg)
+            .field("applied_elements", &self.applied.as_ref().map(|a| a.len()))
+            .finish()
+    }
+}
+
+impl LoadBalancer {
+    /// A load balancer over `exec`; nothing is applied until [`LoadBalancer::ensure_table`] /
+    /// [`LoadBalancer::apply`].
+    pub fn new(exec: Arc<dyn NftExec>, cfg: NftConfig) -> Self {
+        Self {
+            exec,
+            cfg,
+            applied: None,
+        }
+    }
+
+    /// Creates the table, maps, chains and rules (keeping existing elements).
+    pub fn ensure_table(&self) -> Result<(), LbError> {
+        Ok(self.exec.run(&self.cfg.base_script())?)
+    }
+
+    /// Deletes the whole table (node teardown).
+    pub fn delete_table(&mut self) -> Result<(), LbError> {
+        self.applied = None;
+        Ok(self.exec.run(&self.cfg.delete_script())?)
+    }
+
+    /// Forgets what was applied: the next `apply` reloads the whole map (periodic resync).
+    pub fn invalidate(&mut self) {
+        self.applied = None;
+    }
+
+    /// Makes the kernel's slot map equal to `desired` in one transaction (see module docs).
+    pub fn apply(&mut self, desired: &LbState) -> Result<LbApplyStats, LbError> {
+        let next = slot_table(desired, self.cfg.slots);
+        let t = &self.cfg.table;
+        let mut script = String::with_capacity(64 + next.len() * 48);
+        let mut stats = LbApplyStats::default();
+        let mut gone: BTreeSet<(VipKey, Backend)> = BTreeSet::new();
+        match &self.applied {
+            None => {
+                stats.full = true;
+                let _ = writeln!(script, "flush map ip {t} lb");
+                if !next.is_empty() {
+                    let _ = write!(script, "add element ip {t} lb {{ ");
+                    for (i, ((key, slot), b)) in next.iter().enumerate() {
+                        if i > 0 {
+                            script.push_str(", ");
+                        }
+                        let _ = write!(script, "{} : {} . {}", element(key, *slot), b.ip, b.port);
+                    }
+                    script.push_str(" }\n");
+                }
+                stats.added = next.len();
+            }
+            Some(prev) => {
+                let mut dels = Vec::new();
+                let mut adds = Vec::new();
+                for (k, b) in prev {
+                    match next.get(k) {
+                        Some(nb) if nb == b => {}
+                        Some(_) => dels.push(k),
+                        None => dels.push(k),
+                    }
+                }
+                for (k, b) in &next {
+                    if prev.get(k) != Some(b) {
+                        adds.push((k, b));
+                    }
+                }
+                if !dels.is_empty() {
+                    let list: Vec<String> = dels.iter().map(|(k, s)| element(k, *s)).collect();
+                    let _ = writeln!(script, "delete element ip {t} lb {{ {} }}", list.join(", "));
+                }
+                if !adds.is_empty() {
+                    let list: Vec<String> = adds
+                        .iter()
+                        .map(|((k, s), b)| format!("{} : {} . {}", element(k, *s), b.ip, b.port))
+                        .collect();
+                    let _ = writeln!(script, "add element ip {t} lb {{ {} }}", list.join(", "));
+                }
+                stats.added = adds.len();
+                stats.deleted = dels.len();
+                // Backends that no longer serve a VIP they served before.
+                for (k, bs) in &backends_by_vip(prev) {
+                    let now = desired.vips.get(k);
+                    for b in bs {
+                        if now.is_none_or(|n| !n.contains(b)) {
+                            gone.insert((*k, *b));
+                        }
+                    }
+                }
+                if script.is_empty() {
+                    return Ok(stats);
+                }
+            }
+        }
+        if let Err(e) = self.exec.run(&script) {
+            // The transaction is atomic, but be safe: resync fully next time.
+            self.applied = None;
+            return Err(e.into());
+        }
+        tracing::info!(
+            full = stats.full,
+            added = stats.added,
+            deleted = stats.deleted,
+            vips = desired.vips.len(),
+            "load balancer applied"
+        );
+        self.applied = Some(next);
+        for (k, b) in gone.iter().filter(|(k, _)| k.proto == Proto::Udp) {
+            let flow = ConntrackFlow {
+                proto: Proto::Udp,
+                orig_dst: k.addr,
+                orig_dport: k.port,
+                reply_src: b.ip,
+                reply_sport: b.port,
+            };
+            self.exec.flush_conntrack(&flow)?;
+            stats.flushed += 1;
+        }
+        Ok(stats)
+    }
+}
+
+fn backends_by_vip(t: &SlotTable) -> BTreeMap<VipKey, BTreeSet<Backend>> {
+    let mut m: BTreeMap<VipKey, BTreeSet<Backend>> = BTreeMap::new();
+    for ((k, _), b) in t {
+        m.entry(*k).or_default().insert(*b);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! The nftables seam and berth's table `ip berth`.
+//!
+//! Every change is one `nft -f -` script, which the kernel applies as one transaction: all of
+//! it or nothing. The table holds, and its chains only ever contain these few rules:
+//!
+//! ```text
+//! table ip berth {
+//!   map lb    { typeof ip daddr . meta l4proto . th dport . numgen inc mod 16 : ip daddr . th dport }
+//!   map ports { typeof meta l4proto . th dport : ip daddr . th dport }
+//!   chain prerouting  { type nat hook prerouting priority -100
+//!     meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod 16 map @lb
+//!     fib daddr type local meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @ports }
+//!   chain output      { type nat hook output priority -100   (the same two rules, for the node itself) }
+//!   chain postrouting { type nat hook postrouting priority 100
+//!     ct status dnat ip saddr SUBNET ip daddr SUBNET masquerade   (hairpin only) }
+//! }
+//! ```
+//!
+//! The load balancer's slot map (`lb`) has `slots` elements per VIP, filled round-robin with
+//! its backends; a packet of a new connection picks a slot with `numgen` (round-robin or random)
+//! so the rule count is O(1) and a backend change touches only that VIP's elements.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use crate::addr::Ipv4Net;
+use crate::netns::{NetnsError, NetnsRef};
+
+/// Errors of nftables and conntrack operations.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The `nft` (or `conntrack`) binary could not be run.
+    #[error("run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `nft` rejected the transaction (nothing was applied).
+    #[error("nft transaction on table {table} failed: {stderr}")]
+    Transaction {
+        /// The table.
+        table: String,
+        /// nft's message (first lines).
+        stderr: String,
+    },
+    /// `conntrack -D` failed.
+    #[error("conntrack flush of {flow} failed: {stderr}")]
+    Conntrack {
+        /// The flow description.
+        flow: String,
+        /// conntrack's message.
+        stderr: String,
+    },
+    /// Entering the namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// A transport protocol a VIP or a port mapping uses.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// The nft / conntrack keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A connection-tracking flow to forget: the DNATed flows of one backend of one VIP (or port
+/// mapping), matched by original destination and reply source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackFlow {
+    /// Protocol.
+    pub proto: Proto,
+    /// Original destination address (the VIP).
+    pub orig_dst: Ipv4Addr,
+    /// Original destination port (the VIP port).
+    pub orig_dport: u16,
+    /// Reply source address (the backend).
+    pub reply_src: Ipv4Addr,
+    /// Reply source port (the backend port).
+    pub reply_sport: u16,
+}
+
+impl std::fmt::Display for ConntrackFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}:{} -> {}:{}",
+            self.proto, self.orig_dst, self.orig_dport, self.reply_src, self.reply_sport
+        )
+    }
+}
+
+/// The kernel seam for nftables and conntrack: the real one runs `nft -f -` and `conntrack -D`
+/// (optionally inside a network namespace); [`RecordingNft`] records scripts for unit tests.
+pub trait NftExec: Send + Sync {
+    /// Applies `script` as one atomic transaction.
+    fn run(&self, script: &str) -> Result<(), NftError>;
+    /// Deletes the conntrack entries of `flow`.
+    fn flush_conntrack(&self, flow: &ConntrackFlow) -> Result<(), NftError>;
+}
+
+/// The real seam: the `nft` and `conntrack` programs.
+#[derive(Debug)]
+pub struct NftCommand {
+    nft: PathBuf,
+    conntrack: PathBuf,
+    netns: Option<NetnsRef>,
+}
+
+impl NftCommand {
+    /// Runs `nft`/`conntrack` from `PATH` in the caller's namespace.
+    pub fn new() -> Self {
+        Self {
+            nft: "nft".into(),
+            conntrack: "conntrack".into(),
+            netns: None,
+        }
+    }
+
+    /// Runs them inside `netns` (tests: a "node" namespace).
+    pub fn in_netns(netns: NetnsRef) -> Self {
+        Self {
+            netns: Some(netns),
+            ..Self::new()
+        }
+    }
+
+    fn output(&self, cmd: Command, stdin: Option<&str>) -> Result<std::process::Output, NftError> {
+        let program = PathBuf::from(cmd.get_program());
+        let spawn = move || -> std::io::Result<std::process::Output> {
+            let mut cmd = cmd;
+            cmd.stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            let mut child = cmd.spawn()?;
+            if let Some(text) = stdin {
+                let mut pipe = child.stdin.take().expect("piped stdin");
+                pipe.write_all(text.as_bytes())?;
+            }
+            child.wait_with_output()
+        };
+        // A child forked from a thread that entered the namespace starts inside it.
+        let out = match &self.netns {
+            Some(ns) => ns.run(spawn)?,
+            None => spawn(),
+        };
+        out.map_err(|source| NftError::Spawn { program, source })
+    }
+}
+
+impl Default for NftCommand {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NftExec for NftCommand {
+    fn run(&self, script: &str) -> Result<(), NftError> {
+        let mut cmd = Command::new(&self.nft);
+        cmd.args(["-f", "-"]);
+        let out = self.output(cmd, Some(script))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr: String = stderr.lines().take(6).collect::<Vec<_>>().join(" | ");
+        Err(NftError::Transaction {
+            table: table_of(script),
+            stderr,
+        })
+    }
+
+    fn flush_conntrack(&self, flow: &ConntrackFlow) -> Result<(), NftError> {
+        let mut cmd = Command::new(&self.conntrack);
+        cmd.args(["-D", "-p", flow.proto.as_str()])
+            .args(["--orig-dst", &flow.orig_dst.to_string()])
+            .args(["--orig-port-dst", &flow.orig_dport.to_string()])
+            .args(["--reply-src", &flow.reply_src.to_string()])
+            .args(["--reply-port-src", &flow.reply_sport.to_string()]);
+        let out = self.output(cmd, None)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // conntrack exits 1 when no entry matched: nothing to flush is success.
+        if out.status.success() || stderr.contains("0 flow entries have been deleted") {
+            tracing::debug!(flow = %flow, "flushed conntrack entries");
+            return Ok(());
+        }
+        Err(NftError::Conntrack {
+            flow: flow.to_string(),
+            stderr,
+        })
+    }
+}
+
+fn table_of(script: &str) -> String {
+    script
+        .split_whitespace()
+        .skip_while(|w| *w != "ip")
+        .nth(1)
+        .unwrap_or("?")
+        .trim_end_matches(['{', ';'])
+        .to_string()
+}
+
+/// The recording double: keeps every script and conntrack flush; can be told to fail.
+#[derive(Debug, Default)]
+pub struct RecordingNft {
+    /// Scripts applied, in order.
+    pub scripts: Mutex<Vec<String>>,
+    /// Conntrack flushes, in order.
+    pub flushed: Mutex<Vec<ConntrackFlow>>,
+    /// When set, the next `run` fails with this message (and is not recorded).
+    pub fail_next: Mutex<Option<String>>,
+}
+
+impl RecordingNft {
+    /// The scripts applied so far.
+    pub fn scripts(&self) -> Vec<String> {
+        self.scripts.lock().unwrap().clone()
+    }
+}
+
+impl NftExec for RecordingNft {
+    fn run(&self, script: &str) -> Result<(), NftError> {
+        if let Some(stderr) = self.fail_next.lock().unwrap().take() {
+            return Err(NftError::Transaction {
+                table: table_of(script),
+                stderr,
+            });
+        }
+        self.scripts.lock().unwrap().push(script.to_string());
+        Ok(())
+    }
+
+    fn flush_conntrack(&self, flow: &ConntrackFlow) -> Result<(), NftError> {
+        self.flushed.lock().unwrap().push(flow.clone());
+        Ok(())
+    }
+}
+
+/// How the load balancer picks a slot for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// `numgen inc`: slots in turn (each backend's share is exactly its slot share).
+    #[default]
+    RoundRobin,
+    /// `numgen random`.
+    Random,
+}
+
+/// Shape of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftConfig {
+    /// Table name in family `ip` (`berth`).
+    pub table: String,
+    /// Slots per VIP (16): the maximum number of backends a VIP can use at once.
+    pub slots: u16,
+    /// Slot choice.
+    pub selection: Selection,
+    /// Subnets whose connections to themselves through a DNAT need SNAT (the node bridge's
+    /// subnet: a container reaching a VIP or a mapped port that lands on the same bridge).
+    pub hairpin_subnets: Vec<Ipv4Net>,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        Self {
+            table: "berth".into(),
+            slots: 16,
+            selection: Selection::RoundRobin,
+            hairpin_subnets: Vec::new(),
+        }
+    }
+}
+
+impl NftConfig {
+    fn numgen(&self) -> String {
+        let kind = match self.selection {
+            Selection::RoundRobin => "inc",
+            Selection::Random => "random",
+        };
+        format!("numgen {kind} mod {}", self.slots)
+    }
+
+    /// The script that creates the table, maps and chains if missing and (re)writes the rules,
+    /// leaving the maps' elements alone. Idempotent; one transaction.
+    pub fn base_script(&self) -> String {
+        let t = &self.table;
+        let ng = self.numgen();
+        let mut s = String::new();
+        let _ = writeln!(s, "add table ip {t}");
+        let _ = writeln!(
+            s,
+            "add map ip {t} lb {{ typeof ip daddr . meta l4proto . th dport . {ng} : ip daddr . th dport ; }}"
+        );
+        let _ = writeln!(
+            s,
+            "add map ip {t} ports {{ typeof meta l4proto . th dport : ip daddr . th dport ; }}"
+        );
+        for (chain, hook, prio) in [
+            ("prerouting", "prerouting", -100),
+            ("output", "output", -100),
+            ("postrouting", "postrouting", 100),
+        ] {
+            let _ = writeln!(
+                s,
+                "add chain ip {t} {chain} {{ type nat hook {hook} priority {prio} ; policy accept ; }}"
+            );
+            let _ = writeln!(s, "flush chain ip {t} {chain}");
+        }
+        for chain in ["prerouting", "output"] {
+            let _ = writeln!(
+                s,
+                "add rule ip {t} {chain} meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport . {ng} map @lb"
+            );
+            let _ = writeln!(
+                s,
+                "add rule ip {t} {chain} fib daddr type local meta l4proto {{ tcp, udp }} dnat ip to meta l4proto . th dport map @ports"
+            );
+        }
+        for net in &self.hairpin_subnets {
+            let _ = writeln!(
+                s,
+                "add rule ip {t} postrouting ct status dnat ip saddr {net} ip daddr {net} masquerade"
+            );
+        }
+        s
+    }
+
+    /// The script that deletes the table (teardown).
+    pub fn delete_script(&self) -> String {
+        format!("add table ip {t}\ndelete table ip {t}\n", t = self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_script_has_constant_rules_and_keeps_elements() {
+        let cfg = NftConfig {
+            hairpin_subnets: vec!["9.0.1.0/24".parse().unwrap()],
+            ..NftConfig::default()
+        };
+        let s = cfg.base_script();
+        assert_eq!(s.matches("add rule").count(), 5, "{s}");
+        assert!(s.contains("numgen inc mod 16 map @lb"));
+        assert!(s.contains("ip saddr 9.0.1.0/24 ip daddr 9.0.1.0/24 masquerade"));
+        assert!(
+            !s.contains("flush map"),
+            "re-running the base script must keep map elements"
+        );
+        let r = NftConfig {
+            selection: Selection::Random,
+            slots: 8,
+            ..NftConfig::default()
+        };
+        assert!(r.base_script().contains("numgen random mod 8"));
+        assert_eq!(table_of(&s), "berth");
+    }
+
+    #[test]
+    fn recording_double_records_and_fails_on_demand() {
+        let rec = RecordingNft::default();
+        rec.run("add table ip berth\n").unwrap();
+        *rec.fail_next.lock().unwrap() = Some("boom".into());
+        let err = rec.run("add table ip berth\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nft transaction on table berth failed: boom"
+        );
+        assert_eq!(rec.scripts().len(), 1);
+    }
+}
