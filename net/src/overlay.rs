@@ -60,6 +60,9 @@ pub enum OverlayError {
         /// The netlink error.
         source: rtnetlink::Error,
     },
+    /// After applying the diff the kernel still differs (an entry the kernel would not delete).
+    #[error("overlay did not converge; still to change: {0}")]
+    NotConverged(String),
     /// The desired state is inconsistent.
     #[error("overlay peers: {0}")]
     BadPeers(String),
@@ -372,6 +375,13 @@ impl<K: OverlayKernel> Overlay<K> {
         let ops = diff(&want, &have);
         if !ops.is_empty() {
             self.kernel.write(index, &ops).await?;
+            // A delete the kernel did not match is reported as ENOENT and ignored; check that
+            // the kernel really converged instead of trusting it.
+            let left = diff(&want, &self.kernel.read(index).await?);
+            if !left.is_empty() {
+                let left: Vec<String> = left.iter().map(ToString::to_string).collect();
+                return Err(OverlayError::NotConverged(left.join(", ")));
+            }
             tracing::info!(device = %self.cfg.device, peers = want.routes.len(), changes = ops.len(),
                 "overlay reconciled");
         }

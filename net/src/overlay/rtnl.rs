@@ -9,7 +9,9 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, L
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteType,
+};
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
 use super::{
@@ -68,10 +70,12 @@ impl RtnlOverlay {
                     .map_err(self.entry_err("add", o))
             }
             OverlayOp::DelRoute { dst, via } => {
+                // Protocol 0 matches a route of any origin (planted by hand: `proto boot`).
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix())
                     .gateway(via)
                     .output_interface(index)
+                    .protocol(RouteProtocol::Unspec)
                     .build();
                 ignore_missing(h.route().del(msg).execute().await)
                     .map_err(self.entry_err("delete", o))
@@ -267,6 +271,12 @@ impl OverlayKernel for RtnlOverlay {
                     match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
                             dst = Some(*d)
+                        }
+                        // FDB dumps (family AF_BRIDGE) carry the VTEP address as raw bytes.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b))
+                            if b.len() == 4 =>
+                        {
+                            dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
                         }
                         NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                             mac = Some(<[u8; 6]>::try_from(l.as_slice()).expect("6 bytes"))
