@@ -238,7 +238,27 @@ fn slot_table(state: &LbState, slots: u16) -> SlotTable {
 }
 
 fn element(key: &VipKey, slot: u16) -> String {
-    format!("{} . {} . {} . {}", key.addr, key.proto, key.port, slot)
+    format!("{} . {} . {}", key.addr, key.port, slot)
+}
+
+/// Appends `verb element ip TABLE lb_PROTO { ... }` lines, one per protocol with items.
+fn push_elements<'a>(
+    script: &mut String,
+    verb: &str,
+    table: &str,
+    items: impl Iterator<Item = (Proto, String)> + 'a,
+) {
+    let mut by_proto: BTreeMap<Proto, Vec<String>> = BTreeMap::new();
+    for (p, e) in items {
+        by_proto.entry(p).or_default().push(e);
+    }
+    for (p, list) in by_proto {
+        let _ = writeln!(
+            script,
+            "{verb} element ip {table} lb_{p} {{ {} }}",
+            list.join(", ")
+        );
+    }
 }
 
 /// What one `apply` changed.
@@ -307,17 +327,18 @@ impl LoadBalancer {
         match &self.applied {
             None => {
                 stats.full = true;
-                let _ = writeln!(script, "flush map ip {t} lb");
-                if !next.is_empty() {
-                    let _ = write!(script, "add element ip {t} lb {{ ");
-                    for (i, ((key, slot), b)) in next.iter().enumerate() {
-                        if i > 0 {
-                            script.push_str(", ");
-                        }
-                        let _ = write!(script, "{} : {} . {}", element(key, *slot), b.ip, b.port);
-                    }
-                    script.push_str(" }\n");
-                }
+                let _ = writeln!(script, "flush map ip {t} lb_tcp\nflush map ip {t} lb_udp");
+                push_elements(
+                    &mut script,
+                    "add",
+                    t,
+                    next.iter().map(|((key, slot), b)| {
+                        (
+                            key.proto,
+                            format!("{} : {} . {}", element(key, *slot), b.ip, b.port),
+                        )
+                    }),
+                );
                 stats.added = next.len();
             }
             Some(prev) => {
@@ -335,17 +356,23 @@ impl LoadBalancer {
                         adds.push((k, b));
                     }
                 }
-                if !dels.is_empty() {
-                    let list: Vec<String> = dels.iter().map(|(k, s)| element(k, *s)).collect();
-                    let _ = writeln!(script, "delete element ip {t} lb {{ {} }}", list.join(", "));
-                }
-                if !adds.is_empty() {
-                    let list: Vec<String> = adds
-                        .iter()
-                        .map(|((k, s), b)| format!("{} : {} . {}", element(k, *s), b.ip, b.port))
-                        .collect();
-                    let _ = writeln!(script, "add element ip {t} lb {{ {} }}", list.join(", "));
-                }
+                push_elements(
+                    &mut script,
+                    "delete",
+                    t,
+                    dels.iter().map(|(k, s)| (k.proto, element(k, *s))),
+                );
+                push_elements(
+                    &mut script,
+                    "add",
+                    t,
+                    adds.iter().map(|((k, s), b)| {
+                        (
+                            k.proto,
+                            format!("{} : {} . {}", element(k, *s), b.ip, b.port),
+                        )
+                    }),
+                );
                 stats.added = adds.len();
                 stats.deleted = dels.len();
                 // Backends that no longer serve a VIP they served before.

@@ -5,18 +5,25 @@
 //!
 //! ```text
 //! table ip berth {
-//!   map lb    { typeof ip daddr . meta l4proto . th dport . numgen inc mod 16 : ip daddr . th dport }
-//!   map ports { typeof meta l4proto . th dport : ip daddr . th dport }
+//!   map lb_tcp    { typeof ip daddr . tcp dport . numgen inc mod 16 : ip daddr . tcp dport }
+//!   map ports_tcp { typeof tcp dport : ip daddr . tcp dport }
+//!   (and lb_udp, ports_udp)
 //!   chain prerouting  { type nat hook prerouting priority -100
-//!     meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod 16 map @lb
-//!     fib daddr type local meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @ports }
-//!   chain output      { type nat hook output priority -100   (the same two rules, for the node itself) }
+//!     meta l4proto tcp dnat ip to ip daddr . tcp dport . numgen inc mod 16 map @lb_tcp
+//!     fib daddr type local meta l4proto tcp dnat ip to tcp dport map @ports_tcp
+//!     (the same two for udp) }
+//!   chain output      { type nat hook output priority -100   (the same rules, for the node itself) }
 //!   chain postrouting { type nat hook postrouting priority 100
 //!     ct status dnat ip saddr SUBNET ip daddr SUBNET masquerade   (hairpin only) }
 //! }
 //! ```
 //!
-//! The load balancer's slot map (`lb`) has `slots` elements per VIP, filled round-robin with
+//! (One map per protocol, because nft 1.0.6 cannot parse back a map keyed by
+//! `meta l4proto . th dport`: it loads once, then every later transaction on the table fails
+//! with "conflicting protocols specified"; and a `typeof ... : ip daddr . tcp dport` data type
+//! silently adds `meta l4proto tcp` to the rule. The tests re-run the base script to catch it.)
+//!
+//! The load balancer's slot maps (`lb_tcp`, `lb_udp`) has `slots` elements per VIP, filled round-robin with
 //! its backends; a packet of a new connection picks a slot with `numgen` (round-robin or random)
 //! so the rule count is O(1) and a backend change touches only that VIP's elements.
 
@@ -318,14 +325,16 @@ impl NftConfig {
         let ng = self.numgen();
         let mut s = String::new();
         let _ = writeln!(s, "add table ip {t}");
-        let _ = writeln!(
-            s,
-            "add map ip {t} lb {{ typeof ip daddr . meta l4proto . th dport . {ng} : ip daddr . th dport ; }}"
-        );
-        let _ = writeln!(
-            s,
-            "add map ip {t} ports {{ typeof meta l4proto . th dport : ip daddr . th dport ; }}"
-        );
+        for p in ["tcp", "udp"] {
+            let _ = writeln!(
+                s,
+                "add map ip {t} lb_{p} {{ typeof ip daddr . {p} dport . {ng} : ip daddr . {p} dport ; }}"
+            );
+            let _ = writeln!(
+                s,
+                "add map ip {t} ports_{p} {{ typeof {p} dport : ip daddr . {p} dport ; }}"
+            );
+        }
         for (chain, hook, prio) in [
             ("prerouting", "prerouting", -100),
             ("output", "output", -100),
@@ -338,14 +347,16 @@ impl NftConfig {
             let _ = writeln!(s, "flush chain ip {t} {chain}");
         }
         for chain in ["prerouting", "output"] {
-            let _ = writeln!(
-                s,
-                "add rule ip {t} {chain} meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport . {ng} map @lb"
-            );
-            let _ = writeln!(
-                s,
-                "add rule ip {t} {chain} fib daddr type local meta l4proto {{ tcp, udp }} dnat ip to meta l4proto . th dport map @ports"
-            );
+            for p in ["tcp", "udp"] {
+                let _ = writeln!(
+                    s,
+                    "add rule ip {t} {chain} meta l4proto {p} dnat ip to ip daddr . {p} dport . {ng} map @lb_{p}"
+                );
+                let _ = writeln!(
+                    s,
+                    "add rule ip {t} {chain} fib daddr type local meta l4proto {p} dnat ip to {p} dport map @ports_{p}"
+                );
+            }
         }
         for net in &self.hairpin_subnets {
             let _ = writeln!(
@@ -373,8 +384,8 @@ mod tests {
             ..NftConfig::default()
         };
         let s = cfg.base_script();
-        assert_eq!(s.matches("add rule").count(), 5, "{s}");
-        assert!(s.contains("numgen inc mod 16 map @lb"));
+        assert_eq!(s.matches("add rule").count(), 9, "{s}");
+        assert!(s.contains("numgen inc mod 16 map @lb_tcp"));
         assert!(s.contains("ip saddr 9.0.1.0/24 ip daddr 9.0.1.0/24 masquerade"));
         assert!(
             !s.contains("flush map"),

@@ -1,4 +1,4 @@
-//! Port mappings: a node port → a container's address and port, as elements of the `ports` map
+//! Port mappings: a node port → a container's address and port, as elements of the `ports_tcp`/`ports_udp` maps
 //! of berth's nftables table (DNAT for traffic to any local address of the node, from outside
 //! and from the node itself; hairpin SNAT for containers on the same bridge).
 
@@ -62,19 +62,39 @@ impl std::fmt::Debug for PortMapper {
     }
 }
 
-fn elem(m: &PortMapping) -> String {
-    format!("{} . {}", m.proto, m.host_port)
+fn elem(m: &PortMapping) -> (Proto, String) {
+    (m.proto, m.host_port.to_string())
 }
 
-fn elem_value(m: &PortMapping) -> String {
-    format!(
-        "{} . {} : {} . {}",
-        m.proto, m.host_port, m.container_ip, m.container_port
+fn elem_value(m: &PortMapping) -> (Proto, String) {
+    (
+        m.proto,
+        format!(
+            "{} : {} . {}",
+            m.host_port, m.container_ip, m.container_port
+        ),
     )
 }
 
+/// `verb element ip TABLE ports_PROTO { ... }` lines, one per protocol with items.
+fn elements(verb: &str, table: &str, items: impl Iterator<Item = (Proto, String)>) -> String {
+    let mut by_proto: BTreeMap<Proto, Vec<String>> = BTreeMap::new();
+    for (p, e) in items {
+        by_proto.entry(p).or_default().push(e);
+    }
+    by_proto
+        .iter()
+        .map(|(p, l)| {
+            format!(
+                "{verb} element ip {table} ports_{p} {{ {} }}\n",
+                l.join(", ")
+            )
+        })
+        .collect()
+}
+
 impl PortMapper {
-    /// A mapper over the `ports` map of `cfg.table` (the table must exist: see
+    /// A mapper over the `ports_*` maps of `cfg.table` (the table must exist: see
     /// [`crate::lb::LoadBalancer::ensure_table`], which creates both maps).
     pub fn new(exec: Arc<dyn NftExec>, cfg: &NftConfig) -> Self {
         Self {
@@ -95,15 +115,9 @@ impl PortMapper {
                 return Err(already(&o, &prev));
             }
         }
-        let mut script = format!("flush map ip {} ports\n", self.table);
-        if !next.is_empty() {
-            let list: Vec<String> = next.values().map(|(_, m)| elem_value(m)).collect();
-            script += &format!(
-                "add element ip {} ports {{ {} }}\n",
-                self.table,
-                list.join(", ")
-            );
-        }
+        let t = &self.table;
+        let mut script = format!("flush map ip {t} ports_tcp\nflush map ip {t} ports_udp\n");
+        script += &elements("add", t, next.values().map(|(_, m)| elem_value(m)));
         self.exec.run(&script)?;
         self.mapped = next;
         Ok(())
@@ -131,12 +145,8 @@ impl PortMapper {
         if new.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = new.iter().map(elem_value).collect();
-        self.exec.run(&format!(
-            "add element ip {} ports {{ {} }}\n",
-            self.table,
-            list.join(", ")
-        ))?;
+        self.exec
+            .run(&elements("add", &self.table, new.iter().map(elem_value)))?;
         for m in new {
             tracing::info!(owner, proto = %m.proto, host_port = m.host_port,
                 ip = %m.container_ip, port = m.container_port, "mapped port");
@@ -157,12 +167,8 @@ impl PortMapper {
         if gone.is_empty() {
             return Ok(gone);
         }
-        let list: Vec<String> = gone.iter().map(elem).collect();
-        self.exec.run(&format!(
-            "delete element ip {} ports {{ {} }}\n",
-            self.table,
-            list.join(", ")
-        ))?;
+        self.exec
+            .run(&elements("delete", &self.table, gone.iter().map(elem)))?;
         for m in &gone {
             self.mapped.remove(&(m.proto, m.host_port));
         }
@@ -214,7 +220,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             rec.scripts()[0],
-            "add element ip berth ports { tcp . 8080 : 9.0.1.2 . 80 }\n"
+            "add element ip berth ports_tcp { 8080 : 9.0.1.2 . 80 }\n"
         );
         // Same mapping again for the same owner: no transaction.
         p.add("c1", &[pm(Proto::Tcp, 8080, [9, 0, 1, 2], 80)])
@@ -245,7 +251,7 @@ mod tests {
         assert_eq!(p.remove_owner("c1").unwrap().len(), 1);
         assert_eq!(
             rec.scripts().last().unwrap(),
-            "delete element ip berth ports { tcp . 8080 }\n"
+            "delete element ip berth ports_tcp { 8080 }\n"
         );
         assert!(p.remove_owner("c1").unwrap().is_empty());
         p.sync(&[("c9".into(), pm(Proto::Tcp, 1, [9, 0, 1, 9], 2))])
@@ -254,7 +260,7 @@ mod tests {
             rec.scripts()
                 .last()
                 .unwrap()
-                .starts_with("flush map ip berth ports\n")
+                .starts_with("flush map ip berth ports_tcp\n")
         );
         assert_eq!(p.mappings().len(), 1);
     }

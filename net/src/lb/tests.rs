@@ -90,14 +90,16 @@ fn first_apply_flushes_and_loads_round_robin_slots() {
     assert_eq!(stats.added, 16);
     let script = &rec.scripts()[0];
     assert!(
-        script.starts_with("flush map ip berth lb\nadd element ip berth lb { "),
+        script.starts_with(
+            "flush map ip berth lb_tcp\nflush map ip berth lb_udp\nadd element ip berth lb_tcp { "
+        ),
         "{script}"
     );
     assert_eq!(script.matches(" . 8080").count(), 16);
     // 16 slots over 3 backends: 6/5/5.
     assert_eq!(script.matches("9.0.1.2 . 8080").count(), 6);
     assert_eq!(script.matches("9.0.1.3 . 8080").count(), 5);
-    assert!(script.contains(&format!("{} . tcp . 80 . 15 : ", key.addr)));
+    assert!(script.contains(&format!("{} . 80 . 15 : ", key.addr)));
     // Same state again: no transaction at all.
     assert_eq!(lb.apply(&state).unwrap(), LbApplyStats::default());
     assert_eq!(rec.scripts().len(), 1);
@@ -130,7 +132,7 @@ fn backend_change_touches_only_that_vips_elements_and_flushes_udp() {
     );
     assert!(!script.contains("flush"), "{script}");
     assert!(
-        script.starts_with("delete element ip berth lb { "),
+        script.starts_with("delete element ip berth lb_udp { "),
         "{script}"
     );
     assert!(
