@@ -8,13 +8,12 @@
 //! VIP are flushed after the transaction, so datagrams stop reaching it at once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::addr::Ipv4Net;
 use crate::bridge::fnv1a;
-use crate::nft::{ConntrackFlow, NftConfig, NftError, NftExec, Proto};
+use crate::nft::{ConntrackFlow, MapChange, MapKey, NftConfig, NftError, NftExec, Proto};
 
 /// The default VIP range named VIPs are hashed into.
 pub const DEFAULT_VIP_RANGE: &str = "11.0.0.0/8";
@@ -217,48 +216,40 @@ impl LbState {
     }
 }
 
-type SlotTable = BTreeMap<(VipKey, u16), Backend>;
+type Applied = BTreeMap<VipKey, BTreeSet<Backend>>;
 
-fn slot_table(state: &LbState, slots: u16) -> SlotTable {
-    let mut t = SlotTable::new();
-    for (key, backends) in &state.vips {
-        let bs: Vec<&Backend> = backends.iter().collect();
-        if bs.is_empty() {
-            continue;
-        }
-        if bs.len() > slots as usize {
-            tracing::warn!(vip = %key.addr, port = key.port, backends = bs.len(), slots,
-                "more backends than slots: only the first {slots} receive connections");
-        }
-        for s in 0..slots {
-            t.insert((*key, s), *bs[s as usize % bs.len()]);
-        }
+/// The slot elements of one VIP: slot `s` → the `s mod n`th of its sorted backends.
+fn vip_slots(key: &VipKey, backends: &BTreeSet<Backend>, slots: u16) -> Vec<Backend> {
+    let bs: Vec<&Backend> = backends.iter().collect();
+    if bs.is_empty() {
+        return Vec::new();
     }
-    t
+    if bs.len() > slots as usize {
+        tracing::warn!(vip = %key.addr, port = key.port, backends = bs.len(), slots,
+            "more backends than slots: only the first {slots} receive connections");
+    }
+    (0..slots as usize).map(|s| *bs[s % bs.len()]).collect()
 }
 
-fn element(key: &VipKey, slot: u16) -> String {
-    format!("{} . {} . {}", key.addr, key.port, slot)
+fn map_key(key: &VipKey, slot: u16) -> MapKey {
+    MapKey::Slot {
+        addr: key.addr,
+        port: key.port,
+        slot,
+    }
 }
 
-/// Appends `verb element ip TABLE lb_PROTO { ... }` lines, one per protocol with items.
-fn push_elements<'a>(
-    script: &mut String,
-    verb: &str,
-    table: &str,
-    items: impl Iterator<Item = (Proto, String)> + 'a,
-) {
-    let mut by_proto: BTreeMap<Proto, Vec<String>> = BTreeMap::new();
+fn lb_map(p: Proto) -> String {
+    format!("lb_{p}")
+}
+
+/// `Delete`/`Add` changes grouped per protocol map.
+fn grouped<T>(items: impl Iterator<Item = (Proto, T)>) -> BTreeMap<Proto, Vec<T>> {
+    let mut by_proto: BTreeMap<Proto, Vec<T>> = BTreeMap::new();
     for (p, e) in items {
         by_proto.entry(p).or_default().push(e);
     }
-    for (p, list) in by_proto {
-        let _ = writeln!(
-            script,
-            "{verb} element ip {table} lb_{p} {{ {} }}",
-            list.join(", ")
-        );
-    }
+    by_proto
 }
 
 /// What one `apply` changed.
@@ -278,14 +269,15 @@ pub struct LbApplyStats {
 pub struct LoadBalancer {
     exec: Arc<dyn NftExec>,
     cfg: NftConfig,
-    applied: Option<SlotTable>,
+    /// VIP → backends as last applied (`None`: unknown, reload fully).
+    applied: Option<Applied>,
 }
 
 impl std::fmt::Debug for LoadBalancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadBalancer")
             .field("cfg", &self.cfg)
-            .field("applied_elements", &self.applied.as_ref().map(|a| a.len()))
+            .field("applied_vips", &self.applied.as_ref().map(|a| a.len()))
             .finish()
     }
 }
@@ -319,77 +311,88 @@ impl LoadBalancer {
 
     /// Makes the kernel's slot map equal to `desired` in one transaction (see module docs).
     pub fn apply(&mut self, desired: &LbState) -> Result<LbApplyStats, LbError> {
-        let next = slot_table(desired, self.cfg.slots);
-        let t = &self.cfg.table;
-        let mut script = String::with_capacity(64 + next.len() * 48);
+        let slots = self.cfg.slots;
         let mut stats = LbApplyStats::default();
-        let mut gone: BTreeSet<(VipKey, Backend)> = BTreeSet::new();
+        let mut dels: Vec<(Proto, MapKey)> = Vec::new();
+        let mut adds: Vec<(Proto, (MapKey, Ipv4Addr, u16))> = Vec::new();
+        let mut gone: Vec<(VipKey, Backend)> = Vec::new();
+        // VIPs whose backends changed: (key, new backends or None when the VIP is gone).
+        let mut changed: Vec<(VipKey, Option<&BTreeSet<Backend>>)> = Vec::new();
+        let mut changes = Vec::new();
         match &self.applied {
             None => {
                 stats.full = true;
-                let _ = writeln!(script, "flush map ip {t} lb_tcp\nflush map ip {t} lb_udp");
-                push_elements(
-                    &mut script,
-                    "add",
-                    t,
-                    next.iter().map(|((key, slot), b)| {
-                        (
-                            key.proto,
-                            format!("{} : {} . {}", element(key, *slot), b.ip, b.port),
-                        )
-                    }),
-                );
-                stats.added = next.len();
+                for p in [Proto::Tcp, Proto::Udp] {
+                    changes.push(MapChange::Flush { map: lb_map(p) });
+                }
+                for (k, bs) in &desired.vips {
+                    for (s, b) in vip_slots(k, bs, slots).iter().enumerate() {
+                        adds.push((k.proto, (map_key(k, s as u16), b.ip, b.port)));
+                    }
+                }
             }
             Some(prev) => {
-                let mut dels = Vec::new();
-                let mut adds = Vec::new();
-                for (k, b) in prev {
-                    match next.get(k) {
-                        Some(nb) if nb == b => {}
-                        Some(_) => dels.push(k),
-                        None => dels.push(k),
+                // O(VIPs) set comparisons; slot elements only for VIPs that changed.
+                let empty = BTreeSet::new();
+                for (k, old) in prev {
+                    let new = desired.vips.get(k);
+                    if new == Some(old) {
+                        continue;
                     }
-                }
-                for (k, b) in &next {
-                    if prev.get(k) != Some(b) {
-                        adds.push((k, b));
-                    }
-                }
-                push_elements(
-                    &mut script,
-                    "delete",
-                    t,
-                    dels.iter().map(|(k, s)| (k.proto, element(k, *s))),
-                );
-                push_elements(
-                    &mut script,
-                    "add",
-                    t,
-                    adds.iter().map(|((k, s), b)| {
-                        (
-                            k.proto,
-                            format!("{} : {} . {}", element(k, *s), b.ip, b.port),
-                        )
-                    }),
-                );
-                stats.added = adds.len();
-                stats.deleted = dels.len();
-                // Backends that no longer serve a VIP they served before.
-                for (k, bs) in &backends_by_vip(prev) {
-                    let now = desired.vips.get(k);
-                    for b in bs {
-                        if now.is_none_or(|n| !n.contains(b)) {
-                            gone.insert((*k, *b));
+                    changed.push((*k, new));
+                    let new = new.unwrap_or(&empty);
+                    let (o, n) = (vip_slots(k, old, slots), vip_slots(k, new, slots));
+                    for s in 0..o.len().max(n.len()) {
+                        match (o.get(s), n.get(s)) {
+                            (Some(a), Some(b)) if a == b => {}
+                            (Some(_), Some(b)) => {
+                                dels.push((k.proto, map_key(k, s as u16)));
+                                adds.push((k.proto, (map_key(k, s as u16), b.ip, b.port)));
+                            }
+                            (Some(_), None) => dels.push((k.proto, map_key(k, s as u16))),
+                            (None, Some(b)) => {
+                                adds.push((k.proto, (map_key(k, s as u16), b.ip, b.port)))
+                            }
+                            (None, None) => {}
                         }
                     }
+                    gone.extend(old.iter().filter(|b| !new.contains(b)).map(|b| (*k, *b)));
                 }
-                if script.is_empty() {
+                for (k, new) in &desired.vips {
+                    if prev.contains_key(k) {
+                        continue;
+                    }
+                    changed.push((*k, Some(new)));
+                    for (s, b) in vip_slots(k, new, slots).iter().enumerate() {
+                        adds.push((k.proto, (map_key(k, s as u16), b.ip, b.port)));
+                    }
+                }
+                if dels.is_empty() && adds.is_empty() {
+                    if let Some(applied) = self.applied.as_mut() {
+                        // Record VIPs that changed without touching elements (e.g. emptied).
+                        for (k, new) in changed {
+                            update(applied, k, new);
+                        }
+                    }
                     return Ok(stats);
                 }
             }
         }
-        if let Err(e) = self.exec.run(&script) {
+        stats.added = adds.len();
+        stats.deleted = dels.len();
+        for (p, keys) in grouped(dels.into_iter()) {
+            changes.push(MapChange::Delete {
+                map: lb_map(p),
+                keys,
+            });
+        }
+        for (p, elems) in grouped(adds.into_iter()) {
+            changes.push(MapChange::Add {
+                map: lb_map(p),
+                elems,
+            });
+        }
+        if let Err(e) = self.exec.apply_changes(&self.cfg.table, &changes) {
             // The transaction is atomic, but be safe: resync fully next time.
             self.applied = None;
             return Err(e.into());
@@ -401,7 +404,17 @@ impl LoadBalancer {
             vips = desired.vips.len(),
             "load balancer applied"
         );
-        self.applied = Some(next);
+        match self.applied.as_mut() {
+            Some(applied) => {
+                for (k, new) in changed {
+                    update(applied, k, new);
+                }
+            }
+            None => {
+                let all = desired.vips.iter().filter(|(_, b)| !b.is_empty());
+                self.applied = Some(all.map(|(k, b)| (*k, b.clone())).collect());
+            }
+        }
         for (k, b) in gone.iter().filter(|(k, _)| k.proto == Proto::Udp) {
             let flow = ConntrackFlow {
                 proto: Proto::Udp,
@@ -417,12 +430,15 @@ impl LoadBalancer {
     }
 }
 
-fn backends_by_vip(t: &SlotTable) -> BTreeMap<VipKey, BTreeSet<Backend>> {
-    let mut m: BTreeMap<VipKey, BTreeSet<Backend>> = BTreeMap::new();
-    for ((k, _), b) in t {
-        m.entry(*k).or_default().insert(*b);
+fn update(applied: &mut Applied, k: VipKey, new: Option<&BTreeSet<Backend>>) {
+    match new {
+        Some(b) if !b.is_empty() => {
+            applied.insert(k, b.clone());
+        }
+        _ => {
+            applied.remove(&k);
+        }
     }
-    m
 }
 
 #[cfg(test)]

@@ -128,9 +128,99 @@ impl std::fmt::Display for ConntrackFlow {
 pub trait NftExec: Send + Sync {
     /// Applies `script` as one atomic transaction.
     fn run(&self, script: &str) -> Result<(), NftError>;
+    /// Applies element changes to maps of `table` as one atomic transaction. The default
+    /// renders them as an `nft` script and calls [`NftExec::run`]; [`NftNetlink`] sends them
+    /// as one nfnetlink batch instead.
+    fn apply_changes(&self, table: &str, changes: &[MapChange]) -> Result<(), NftError> {
+        self.run(&render_changes(table, changes))
+    }
     /// Deletes the conntrack entries of `flow`.
     fn flush_conntrack(&self, flow: &ConntrackFlow) -> Result<(), NftError>;
 }
+
+/// A key of one of berth's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapKey {
+    /// `lb_*`: VIP address . VIP port . slot.
+    Slot {
+        /// VIP address.
+        addr: Ipv4Addr,
+        /// VIP port.
+        port: u16,
+        /// Slot number.
+        slot: u16,
+    },
+    /// `ports_*`: the node port.
+    Port(u16),
+}
+
+impl std::fmt::Display for MapKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MapKey::Slot { addr, port, slot } => write!(f, "{addr} . {port} . {slot}"),
+            MapKey::Port(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// One change to a map's elements; values are (address, port) DNAT targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapChange {
+    /// Remove every element of the map.
+    Flush {
+        /// Map name.
+        map: String,
+    },
+    /// Delete elements.
+    Delete {
+        /// Map name.
+        map: String,
+        /// Keys.
+        keys: Vec<MapKey>,
+    },
+    /// Add elements.
+    Add {
+        /// Map name.
+        map: String,
+        /// Keys and their targets.
+        elems: Vec<(MapKey, Ipv4Addr, u16)>,
+    },
+}
+
+/// The `nft` script of `changes` (one transaction when fed to `nft -f -`).
+pub fn render_changes(table: &str, changes: &[MapChange]) -> String {
+    let mut s = String::new();
+    for c in changes {
+        match c {
+            MapChange::Flush { map } => {
+                let _ = writeln!(s, "flush map ip {table} {map}");
+            }
+            MapChange::Delete { map, keys } if !keys.is_empty() => {
+                let list: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "delete element ip {table} {map} {{ {} }}",
+                    list.join(", ")
+                );
+            }
+            MapChange::Add { map, elems } if !elems.is_empty() => {
+                let _ = write!(s, "add element ip {table} {map} {{ ");
+                for (i, (k, ip, port)) in elems.iter().enumerate() {
+                    if i > 0 {
+                        s.push_str(", ");
+                    }
+                    let _ = write!(s, "{k} : {ip} . {port}");
+                }
+                s.push_str(" }\n");
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+mod netlink;
+pub use netlink::NftNetlink;
 
 /// The real seam: the `nft` and `conntrack` programs.
 #[derive(Debug)]

@@ -48,7 +48,7 @@ pub enum OverlayError {
         /// The VXLAN device.
         device: String,
         /// The netlink error.
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Dumping kernel state failed.
     #[error("dump {what} of {device}: {source}")]
@@ -58,7 +58,7 @@ pub enum OverlayError {
         /// The device.
         device: String,
         /// The netlink error.
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// After applying the diff the kernel still differs (an entry the kernel would not delete).
     #[error("overlay did not converge; still to change: {0}")]

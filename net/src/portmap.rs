@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::nft::{NftConfig, NftError, NftExec, Proto};
+use crate::nft::{MapChange, MapKey, NftConfig, NftError, NftExec, Proto};
 
 /// Errors of port mappings.
 #[derive(Debug, thiserror::Error)]
@@ -62,35 +62,34 @@ impl std::fmt::Debug for PortMapper {
     }
 }
 
-fn elem(m: &PortMapping) -> (Proto, String) {
-    (m.proto, m.host_port.to_string())
-}
-
-fn elem_value(m: &PortMapping) -> (Proto, String) {
-    (
-        m.proto,
-        format!(
-            "{} : {} . {}",
-            m.host_port, m.container_ip, m.container_port
-        ),
-    )
-}
-
-/// `verb element ip TABLE ports_PROTO { ... }` lines, one per protocol with items.
-fn elements(verb: &str, table: &str, items: impl Iterator<Item = (Proto, String)>) -> String {
-    let mut by_proto: BTreeMap<Proto, Vec<String>> = BTreeMap::new();
-    for (p, e) in items {
-        by_proto.entry(p).or_default().push(e);
+fn changes(flush: bool, delete: &[&PortMapping], add: &[&PortMapping]) -> Vec<MapChange> {
+    let mut out = Vec::new();
+    for p in [Proto::Tcp, Proto::Udp] {
+        let map = format!("ports_{p}");
+        if flush {
+            out.push(MapChange::Flush { map: map.clone() });
+        }
+        let keys: Vec<MapKey> = delete
+            .iter()
+            .filter(|m| m.proto == p)
+            .map(|m| MapKey::Port(m.host_port))
+            .collect();
+        if !keys.is_empty() {
+            out.push(MapChange::Delete {
+                map: map.clone(),
+                keys,
+            });
+        }
+        let elems: Vec<_> = add
+            .iter()
+            .filter(|m| m.proto == p)
+            .map(|m| (MapKey::Port(m.host_port), m.container_ip, m.container_port))
+            .collect();
+        if !elems.is_empty() {
+            out.push(MapChange::Add { map, elems });
+        }
     }
-    by_proto
-        .iter()
-        .map(|(p, l)| {
-            format!(
-                "{verb} element ip {table} ports_{p} {{ {} }}\n",
-                l.join(", ")
-            )
-        })
-        .collect()
+    out
 }
 
 impl PortMapper {
@@ -115,10 +114,9 @@ impl PortMapper {
                 return Err(already(&o, &prev));
             }
         }
-        let t = &self.table;
-        let mut script = format!("flush map ip {t} ports_tcp\nflush map ip {t} ports_udp\n");
-        script += &elements("add", t, next.values().map(|(_, m)| elem_value(m)));
-        self.exec.run(&script)?;
+        let all: Vec<&PortMapping> = next.values().map(|(_, m)| m).collect();
+        self.exec
+            .apply_changes(&self.table, &changes(true, &[], &all))?;
         self.mapped = next;
         Ok(())
     }
@@ -145,8 +143,9 @@ impl PortMapper {
         if new.is_empty() {
             return Ok(());
         }
+        let add: Vec<&PortMapping> = new.iter().collect();
         self.exec
-            .run(&elements("add", &self.table, new.iter().map(elem_value)))?;
+            .apply_changes(&self.table, &changes(false, &[], &add))?;
         for m in new {
             tracing::info!(owner, proto = %m.proto, host_port = m.host_port,
                 ip = %m.container_ip, port = m.container_port, "mapped port");
@@ -167,8 +166,9 @@ impl PortMapper {
         if gone.is_empty() {
             return Ok(gone);
         }
+        let del: Vec<&PortMapping> = gone.iter().collect();
         self.exec
-            .run(&elements("delete", &self.table, gone.iter().map(elem)))?;
+            .apply_changes(&self.table, &changes(false, &del, &[]))?;
         for m in &gone {
             self.mapped.remove(&(m.proto, m.host_port));
         }

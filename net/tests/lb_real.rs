@@ -13,7 +13,7 @@ use berth_net::bridge::{self, BridgeConfig};
 use berth_net::ipam::Ipam;
 use berth_net::lb::{Backend, DEFAULT_VIP_RANGE, LbState, LoadBalancer, VipLabel};
 use berth_net::link::Netlink;
-use berth_net::nft::{NftCommand, NftConfig, Proto};
+use berth_net::nft::{MapChange, NftCommand, NftConfig, NftExec, NftNetlink, Proto};
 use berth_net::portmap::{PortMapError, PortMapper, PortMapping};
 use support::*;
 
@@ -86,26 +86,54 @@ fn spread(ns: &Ns, vip: SocketAddr, count: usize) -> BTreeMap<u8, usize> {
     })
 }
 
+type MakeExec = fn(&Ns) -> Arc<dyn NftExec>;
+
+fn nft_cli(ns: &Ns) -> Arc<dyn NftExec> {
+    Arc::new(NftCommand::in_netns(ns.nsref()))
+}
+
+fn nfnetlink(ns: &Ns) -> Arc<dyn NftExec> {
+    Arc::new(NftNetlink::in_netns(ns.nsref()).unwrap())
+}
+
 #[test]
 fn vip_spreads_connections_and_drops_removed_backends() {
+    vip_spread(nft_cli, "lb");
+}
+
+#[test]
+fn vip_spreads_connections_and_drops_removed_backends_nfnetlink() {
+    vip_spread(nfnetlink, "lbn");
+}
+
+#[test]
+fn udp_vip_flushes_conntrack_of_a_removed_backend() {
+    udp_flush(nft_cli, "lbu");
+}
+
+#[test]
+fn udp_vip_flushes_conntrack_of_a_removed_backend_nfnetlink() {
+    udp_flush(nfnetlink, "lbun");
+}
+
+fn vip_spread(make: MakeExec, tag: &str) {
     if must_skip(&["ip", "nft", "conntrack"]) {
         return;
     }
     let rt = runtime();
-    let ul = Underlay::new("lb");
-    let mut n = node(&rt, &ul, "lb", 1);
+    let ul = Underlay::new(tag);
+    let mut n = node(&rt, &ul, tag, 1);
     let backends: Vec<(Ns, Ipv4Addr)> = (1..=3)
-        .map(|i| container(&rt, &mut n, &format!("lb-be{i}")))
+        .map(|i| container(&rt, &mut n, &format!("{tag}-be{i}")))
         .collect();
-    let (client, _) = container(&rt, &mut n, "lb-client");
+    let (client, _) = container(&rt, &mut n, &format!("{tag}-client"));
     let _servers: Vec<Server> = backends
         .iter()
         .enumerate()
         .map(|(i, (ns, _))| tcp_server(ns, 8080, i as u8 + 1, false))
         .collect();
 
-    let exec = Arc::new(NftCommand::in_netns(n.ns.nsref()));
-    let mut lb = LoadBalancer::new(exec, nft_config(&n));
+    let mut lb = LoadBalancer::new(make(&n.ns), nft_config(&n));
     lb.ensure_table().unwrap();
     lb.ensure_table().unwrap();
     let label = VipLabel::parse("VIP_0", "/web:80").unwrap();
@@ -169,20 +197,19 @@ fn vip_spreads_connections_and_drops_removed_backends() {
     assert!(!n.ns.exec(&["nft", "list", "tables"]).contains("berth"));
 }
 
-#[test]
-fn udp_vip_flushes_conntrack_of_a_removed_backend() {
+fn udp_flush(make: MakeExec, tag: &str) {
     if must_skip(&["ip", "nft", "conntrack"]) {
         return;
     }
     let rt = runtime();
-    let ul = Underlay::new("lbu");
-    let mut n = node(&rt, &ul, "lbu", 1);
-    let b1 = container(&rt, &mut n, "lbu-be1");
-    let b2 = container(&rt, &mut n, "lbu-be2");
-    let (client, _) = container(&rt, &mut n, "lbu-client");
+    let ul = Underlay::new(tag);
+    let mut n = node(&rt, &ul, tag, 1);
+    let b1 = container(&rt, &mut n, &format!("{tag}-be1"));
+    let b2 = container(&rt, &mut n, &format!("{tag}-be2"));
+    let (client, _) = container(&rt, &mut n, &format!("{tag}-client"));
     let _s1 = udp_server(&b1.0, 5353, 1);
     let _s2 = udp_server(&b2.0, 5353, 2);
-    let mut lb = LoadBalancer::new(Arc::new(NftCommand::in_netns(n.ns.nsref())), nft_config(&n));
+    let mut lb = LoadBalancer::new(make(&n.ns), nft_config(&n));
     lb.ensure_table().unwrap();
     let label = VipLabel::parse("VIP_0", "/dns:53").unwrap();
     let range = DEFAULT_VIP_RANGE.parse().unwrap();
@@ -271,8 +298,21 @@ fn port_mapping_from_the_node_from_another_node_and_ipam_restart() {
     assert_ne!(ip1, ip2, "no double allocation after restart");
     let _srv2 = tcp_server(&c2, 80, 2, false);
 
-    let exec = Arc::new(NftCommand::in_netns(n.ns.nsref()));
+    let exec = nfnetlink(&n.ns);
     let cfg = nft_config(&n);
+    // A rejected nfnetlink batch is an error naming the kernel's reason, not a silent no-op.
+    let err = exec
+        .apply_changes(
+            "nosuch",
+            &[MapChange::Flush {
+                map: "ports_tcp".into(),
+            }],
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("No such file or directory"),
+        "{err}"
+    );
     LoadBalancer::new(exec.clone(), cfg.clone())
         .ensure_table()
         .unwrap();

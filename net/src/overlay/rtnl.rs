@@ -48,13 +48,13 @@ impl RtnlOverlay {
             op,
             entry: entry.clone(),
             device: device.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
     async fn run(&self, index: u32, o: &OverlayOp) -> Result<(), OverlayError> {
         let h = self.nl.handle();
-        let res = match *o {
+        match *o {
             OverlayOp::AddRoute { dst, via } => {
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix())
@@ -120,8 +120,7 @@ impl RtnlOverlay {
                 ignore_missing(h.neighbours().del(msg).execute().await)
                     .map_err(self.entry_err("delete", o))
             }
-        };
-        res
+        }
     }
 }
 
@@ -175,11 +174,11 @@ impl OverlayKernel for RtnlOverlay {
             });
         }
         let mtu = overlay_mtu(ul_mtu);
-        if let Some(link) = self.nl.link(&cfg.device).await? {
-            if !matches_config(&link.attributes, cfg, underlay) {
-                tracing::warn!(device = %cfg.device, "VXLAN device does not match the configuration: recreating");
-                self.nl.delete_link(&cfg.device).await?;
-            }
+        if let Some(link) = self.nl.link(&cfg.device).await?
+            && !matches_config(&link.attributes, cfg, underlay)
+        {
+            tracing::warn!(device = %cfg.device, "VXLAN device does not match the configuration: recreating");
+            self.nl.delete_link(&cfg.device).await?;
         }
         if self.nl.link(&cfg.device).await?.is_none() {
             let msg = LinkVxlan::new(&cfg.device, cfg.vni)
@@ -205,10 +204,10 @@ impl OverlayKernel for RtnlOverlay {
         let h = self.nl.handle();
         let dump_err = |what| {
             let device = self.device.clone();
-            move |source| OverlayError::Dump {
+            move |source: rtnetlink::Error| OverlayError::Dump {
                 what,
                 device: device.clone(),
-                source,
+                source: Box::new(source),
             }
         };
         let mut e = OverlayEntries::default();
