@@ -1,9 +1,10 @@
 //! The L4 load balancer: VIP labels, the desired VIP → backends state, and its reconciliation
 //! into the `lb` slot map of the nftables table (see [`crate::nft`]).
 //!
-//! `apply(desired)` computes the slot table (each VIP's `slots` elements filled round-robin
-//! with its sorted backends), diffs it against the last applied table and sends one transaction
-//! touching only the changed elements; the first apply (or one after a failure) flushes the map
+//! `apply(desired)` compares each VIP's backends with what was last applied (O(VIPs) set
+//! comparisons), recomputes the slot elements (each VIP's `slots` elements filled round-robin
+//! with its sorted backends) only for VIPs that changed, and sends one transaction touching only
+//! the changed elements; the first apply (or one after a failure) flushes the maps
 //! and loads everything in the same transaction. UDP conntrack entries of a backend that left a
 //! VIP are flushed after the transaction, so datagrams stop reaching it at once.
 
