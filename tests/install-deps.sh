@@ -18,6 +18,7 @@ PKGS=(
   linux-image-amd64 # the microVM's kernel + modules
   busybox-static    # the microVM's initramfs; also handy in tests
   iproute2          # ip netns / link
+  nftables conntrack iputils-ping iperf3 # berth-net: L4 LB and port maps, UDP conntrack flush, overlay tests, net bench
   procps            # ps, pgrep (diagnostics)
   crun runc         # reference OCI runtimes (benchmarks compare)
   hyperfine         # benchmarks
