@@ -995,6 +995,17 @@ impl Agent {
             .collect()
     }
 
+    /// The agent's exit status if it has exited by itself (reaps it), else None.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none()
+            && let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.exit = Some(status);
+        }
+        self.exit
+    }
+
     /// Stop the agent: SIGTERM, wait up to 20 s (scaled), then SIGKILL. Idempotent. Returns its
     /// exit status.
     pub fn shutdown(&mut self) -> Option<ExitStatus> {

@@ -545,3 +545,62 @@ fn zookeeper_leader_failover_between_two_masters() {
         "{link}"
     );
 }
+
+#[test]
+fn a_shutdown_message_from_the_master_stops_the_agent_and_its_tasks() {
+    if !require_privileges() {
+        return;
+    }
+    let master = Master::start(&[]);
+    let mut agent = Agent::start_with_master(&master.addr().to_string(), &[]);
+    one_agent(&master);
+    wait_until("the agent took the registration", || {
+        link_state(&agent)["registered"] == true
+    });
+    runtime().block_on(async {
+        let mut fw = Framework::subscribe(&master.url(), ContentType::Json, "doomed-fw").await;
+        fw.launch_one("t", "sleep 300").await;
+        fw.until_state("t", mesos::TaskState::TaskRunning).await;
+    });
+    // What a Mesos master sends an agent it removed (or one that re-registers from elsewhere).
+    let shutdown = internal::ShutdownMessage {
+        message: Some("removed by the operator".into()),
+    }
+    .encode_to_vec();
+    let master_pid = format!("master@{}", master.addr());
+    assert_eq!(
+        post_message(
+            agent.addr(),
+            "slave(1)",
+            "mesos.internal.ShutdownMessage",
+            Some(&master_pid),
+            &shutdown
+        ),
+        202
+    );
+    // The agent kills its tasks, forgets its id and exits by itself.
+    let status = {
+        let deadline = Instant::now() + scaled(GUARD);
+        loop {
+            if let Some(status) = agent.exit_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop:\n{}",
+                agent.stderr_tail(30)
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(status.success(), "{status}: {}", agent.stderr_tail(30));
+    assert!(
+        !agent.work_dir().join("meta/agent.json").exists(),
+        "a removed agent must register anew"
+    );
+    assert!(
+        agent.stray_processes().is_empty(),
+        "{:?}",
+        agent.stray_processes()
+    );
+}

@@ -805,6 +805,140 @@ mod tests {
         );
     }
 
+    /// Reads one libprocess request from `stream`: (path, headers, body).
+    async fn read_request(
+        stream: &mut tokio::net::TcpStream,
+        buffer: &mut Vec<u8>,
+    ) -> (String, Vec<(String, String)>, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
+                let mut lines = head.split("\r\n");
+                let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(": "))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "Content-Length")
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap();
+                while buffer.len() < end + 4 + length {
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "connection closed mid-request");
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                return (path, headers, body);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn decode_checked<M: prost_reflect::ReflectMessage + Default>(body: &[u8]) -> M {
+        berth_proto::codec::decode(body, berth_proto::codec::ContentType::Protobuf)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What the agent puts on the wire carries what a Mesos 1.12 master needs: required
+    /// fields, a SemVer version >= 1.0.0, a hostname, the agent's pid in status updates, a
+    /// status uuid (the traps in PROTOCOL-mesos.md).
+    #[tokio::test]
+    async fn what_the_agent_sends_is_what_a_mesos_master_accepts() {
+        let master = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let master_pid = format!("master@{}", master.local_addr().unwrap());
+        let transport = Transport::new("slave(1)@127.0.0.1:5051".parse().unwrap());
+        let link = MesosLink::new(transport, Duration::ZERO);
+        let recorder = Arc::new(Recorder::default());
+        let _ = link.agent.set(recorder.clone());
+        let addr = master.local_addr().unwrap();
+        link.follow(Some(&MasterLeader {
+            id: "m".into(),
+            pid: master_pid.clone(),
+            ip: addr.ip(),
+            port: addr.port(),
+            hostname: None,
+            version: None,
+            znode: None,
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        link.tick();
+        let (mut stream, _) = master.accept().await.unwrap();
+        let mut buffer = Vec::new();
+        let (path, headers, body) = read_request(&mut stream, &mut buffer).await;
+        assert_eq!(path, "/master/mesos.internal.RegisterSlaveMessage");
+        assert!(headers.contains(&("Libprocess-From".into(), "slave(1)@127.0.0.1:5051".into())));
+        assert!(headers.contains(&(
+            "User-Agent".into(),
+            "libprocess/slave(1)@127.0.0.1:5051".into()
+        )));
+        let register: internal::RegisterSlaveMessage = decode_checked(&body);
+        assert_eq!(register.version.as_deref(), Some("1.12.0"));
+        assert!(!register.slave.hostname.is_empty());
+        assert_eq!(register.slave.port, Some(5051));
+        assert!(
+            register.slave.id.is_none(),
+            "a first registration has no id"
+        );
+        assert!(register.resource_version_uuid.is_some());
+        assert!(!register.agent_capabilities.is_empty());
+        // Registered: the agent sends UpdateSlaveMessage (Mesos 1.12 waits for it before offers).
+        deliver(
+            &link,
+            &master_pid,
+            &internal::SlaveRegisteredMessage {
+                slave_id: mesos::AgentId {
+                    value: "A-S0".into(),
+                },
+                connection: None,
+            },
+        );
+        let (path, _, body) = read_request(&mut stream, &mut buffer).await;
+        assert_eq!(path, "/master/mesos.internal.UpdateSlaveMessage");
+        let update: internal::UpdateSlaveMessage = decode_checked(&body);
+        assert_eq!(update.slave_id.value, "A-S0");
+        assert_eq!(update.update_oversubscribed_resources, Some(true));
+        // A status update names the agent's pid and carries the status uuid.
+        let mut status = mesos::TaskStatus {
+            task_id: mesos::TaskId { value: "t".into() },
+            uuid: Some(vec![1, 2, 3]),
+            timestamp: Some(1.0),
+            ..Default::default()
+        };
+        status.set_state(mesos::TaskState::TaskRunning);
+        link.status_update("F", status, mesos::TaskState::TaskRunning);
+        let (path, _, body) = read_request(&mut stream, &mut buffer).await;
+        assert_eq!(path, "/master/mesos.internal.StatusUpdateMessage");
+        let message: internal::StatusUpdateMessage = decode_checked(&body);
+        assert_eq!(message.pid.as_deref(), Some("slave(1)@127.0.0.1:5051"));
+        assert_eq!(message.update.framework_id.value, "F");
+        assert_eq!(message.update.slave_id.as_ref().unwrap().value, "A-S0");
+        assert_eq!(
+            message.update.status.uuid.as_deref(),
+            Some(&[1u8, 2, 3][..])
+        );
+        assert_eq!(message.update.uuid.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(
+            message.update.latest_state,
+            Some(mesos::TaskState::TaskRunning as i32)
+        );
+        // A ping is answered to the observer that sent it.
+        deliver(
+            &link,
+            &format!("slave-observer(1)@{addr}"),
+            &internal::PingSlaveMessage { connected: true },
+        );
+        let (path, _, _) = read_request(&mut stream, &mut buffer).await;
+        assert_eq!(path, "/slave-observer(1)/mesos.internal.PongSlaveMessage");
+    }
+
     #[tokio::test]
     async fn foreign_malformed_and_unknown_messages_are_dropped() {
         let (link, agent) = linked();
