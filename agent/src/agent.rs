@@ -163,7 +163,7 @@ impl Agent {
                             (
                                 t.framework_id.clone(),
                                 t.id.clone(),
-                                s.to_proto(&t.id, &agent_id, &t.container_id),
+                                t.status_proto(s, &agent_id),
                             )
                         })
                         .collect::<Vec<_>>()
@@ -465,11 +465,7 @@ impl Agent {
                 task.started_at = Some(record.timestamp);
             }
             let agent_id = self.agent_id.lock().expect("agent id lock").clone();
-            let status = record.to_proto(
-                &task.id,
-                agent_id.as_deref().unwrap_or(""),
-                &task.container_id,
-            );
+            let status = task.status_proto(&record, agent_id.as_deref().unwrap_or(""));
             task.statuses.push(record);
             // Checkpointed before it is sent: nothing is lost on a crash.
             self.checkpoint_task(task);
@@ -487,8 +483,15 @@ impl Agent {
         match self.containerizer.launch(config).await {
             Ok(launched) => {
                 self.metrics.launch_succeeded(begun.elapsed());
+                let ip = self
+                    .containerizer
+                    .describe(&container_id)
+                    .get("network/bridge")
+                    .and_then(|b| b["ip"].as_str())
+                    .map(str::to_string);
                 if let Some(task) = self.tasks.lock().expect("tasks lock").get_mut(&task_id) {
                     task.pid = Some(launched.pid);
+                    task.ip = ip;
                 }
                 self.update(&task_id, mesos::TaskState::TaskRunning, None, None);
                 let pending_kill = self
@@ -729,6 +732,7 @@ impl AgentPort for Arc<Agent> {
                 exit_code: None,
                 grace_secs: grace.as_secs_f64(),
                 framework_info: berth_proto::codec::to_json(framework),
+                ip: None,
             };
             self.checkpoint_task(&record);
             tasks.insert(task_id.clone(), record);

@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use berth_containerizer::{Containerizer, ContainerizerPaths, image::ImageStore};
 use berth_isolators::{NetworkMode, cgroups::CgroupsIsolator};
+use berth_net::{bridge::BridgeConfig, isolator::BridgeIsolator};
 use clap::{Args, ValueEnum};
 use tracing::{info, warn};
 
@@ -98,8 +99,17 @@ pub struct AgentFlags {
     #[arg(long, default_value = "berth")]
     pub cgroup_base: String,
     /// Network of tasks that do not ask for one.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge"])]
     pub default_network: String,
+    /// The node bridge of `bridge` tasks (created at the first one).
+    #[arg(long, default_value = "berth0")]
+    pub bridge_name: String,
+    /// The node subnet `bridge` tasks get addresses from (the bridge holds its first address).
+    #[arg(long, default_value = "9.0.1.0/24")]
+    pub bridge_subnet: String,
+    /// MTU of the bridge and the containers' eth0.
+    #[arg(long, default_value_t = 1500)]
+    pub bridge_mtu: u32,
     /// pids.max of tasks that do not set one.
     #[arg(long, default_value_t = 4096)]
     pub default_pids_max: u64,
@@ -187,6 +197,24 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             containers_runtime: containers_runtime.clone(),
         },
     )?;
+    let mut isolators = isolators;
+    isolators.push(Arc::new(
+        BridgeIsolator::new(
+            BridgeConfig {
+                name: flags.bridge_name.clone(),
+                subnet: flags
+                    .bridge_subnet
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--bridge-subnet {}: {e}", flags.bridge_subnet))?,
+                mtu: flags.bridge_mtu,
+                vip_range: None,
+            },
+            &flags.work_dir.join("meta").join("ipam"),
+            Path::new("/proc/sys"),
+            Arc::new(berth_net::nft::NftCommand::new()),
+        )
+        .context("the bridge network")?,
+    ));
     info!(
         isolators = ?isolators.iter().map(|i| i.name()).collect::<Vec<_>>(),
         "isolators enabled"
@@ -216,10 +244,10 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         resources,
         attributes,
         meta_dir,
-        default_network: if flags.default_network == "host" {
-            NetworkMode::Host
-        } else {
-            NetworkMode::None
+        default_network: match flags.default_network.as_str() {
+            "host" => NetworkMode::Host,
+            "bridge" => NetworkMode::Bridge,
+            _ => NetworkMode::None,
         },
         default_pids_max: flags.default_pids_max,
         default_grace: Duration::from_secs(3),

@@ -39,6 +39,9 @@ pub struct TaskRecord {
     /// written before it was kept): the operator APIs report frameworks from it.
     #[serde(default)]
     pub framework_info: serde_json::Value,
+    /// The container's address on the node bridge (`--network bridge`), once it runs.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 /// Limits of a task's container, as derived from its resources and labels.
@@ -111,6 +114,24 @@ impl StatusRecord {
 }
 
 impl TaskRecord {
+    /// The Mesos TaskStatus of one of this task's updates, with the container's address in
+    /// `container_status.network_infos` (where frameworks and DNS tools read task IPs).
+    pub fn status_proto(&self, record: &StatusRecord, agent_id: &str) -> mesos::TaskStatus {
+        let mut status = record.to_proto(&self.id, agent_id, &self.container_id);
+        if let Some(ip) = &self.ip {
+            let container_status = status.container_status.get_or_insert_with(Default::default);
+            container_status.network_infos = vec![mesos::NetworkInfo {
+                name: Some("bridge".into()),
+                ip_addresses: vec![mesos::network_info::IpAddress {
+                    protocol: None,
+                    ip_address: Some(ip.clone()),
+                }],
+                ..Default::default()
+            }];
+        }
+        status
+    }
+
     /// Whether the task still matters to a master: running, or ended with updates the master
     /// has not acknowledged yet (Mesos keeps such tasks, and their resources, until then).
     pub fn is_active(&self) -> bool {
@@ -149,7 +170,7 @@ impl TaskRecord {
                 .map(|i| i.resources.clone())
                 .unwrap_or_default(),
             statuses: latest
-                .map(|s| vec![s.to_proto(&self.id, agent_id, &self.container_id)])
+                .map(|s| vec![self.status_proto(s, agent_id)])
                 .unwrap_or_default(),
             status_update_state: unacked.map(|s| state_of(&s.state)),
             status_update_uuid: unacked.and_then(|s| hex_decode(&s.uuid)),

@@ -265,6 +265,48 @@ fn volumes(container: &mesos::ContainerInfo) -> Result<Vec<VolumeSpec>, String> 
     Ok(out)
 }
 
+/// Port mappings of the task's networks (Mesos `NetworkInfo.port_mappings`).
+fn port_mappings(
+    container: &mesos::ContainerInfo,
+) -> Result<Vec<berth_isolators::PortMappingSpec>, String> {
+    let mut out = Vec::new();
+    for network in &container.network_infos {
+        for mapping in &network.port_mappings {
+            let protocol = mapping
+                .protocol
+                .as_deref()
+                .unwrap_or("tcp")
+                .to_ascii_lowercase();
+            if protocol != "tcp" && protocol != "udp" {
+                return Err(format!(
+                    "port mapping protocol {protocol:?}: berth maps tcp and udp"
+                ));
+            }
+            let port = |value: u32, what: &str| {
+                u16::try_from(value)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("port mapping {what} {value} is not a port (1-65535)"))
+            };
+            out.push(berth_isolators::PortMappingSpec {
+                protocol,
+                host_port: port(mapping.host_port, "host_port")?,
+                container_port: port(mapping.container_port, "container_port")?,
+            });
+        }
+    }
+    if !out.is_empty()
+        && container
+            .network_infos
+            .first()
+            .and_then(|n| n.name.as_deref())
+            != Some("bridge")
+    {
+        return Err("port mappings need the bridge network (--network bridge)".into());
+    }
+    Ok(out)
+}
+
 /// The isolation options and extra limits of a task.
 pub fn isolation_of(
     task: &mesos::TaskInfo,
@@ -274,6 +316,7 @@ pub fn isolation_of(
     let mut limits = Limits::default();
     if let Some(container) = &task.container {
         options.volumes = volumes(container)?;
+        options.port_mappings = port_mappings(container)?;
         if let Some(linux) = &container.linux_info {
             // `capability_info` is the deprecated name of the effective set; Mesos still honours it.
             #[allow(deprecated)]
@@ -431,9 +474,10 @@ pub(crate) fn container_config(
         None => settings.default_network,
         Some("host") => NetworkMode::Host,
         Some("none") => NetworkMode::None,
+        Some("bridge") => NetworkMode::Bridge,
         Some(other) => {
             return Err(format!(
-                "unknown network {other:?} (berth has 'host' and 'none')"
+                "unknown network {other:?} (berth has 'host', 'none' and 'bridge')"
             ));
         }
     };

@@ -215,6 +215,7 @@ mod tests {
                 exit_code: None,
                 grace_secs: 3.0,
                 framework_info: Value::Null,
+                ip: None,
             },
             usage: Usage {
                 cpu_usage_ns: 2_500_000_000,

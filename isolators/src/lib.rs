@@ -56,6 +56,20 @@ pub enum NetworkMode {
     /// A new network namespace with loopback only.
     #[default]
     None,
+    /// A new network namespace on the node bridge: a veth pair and an address from the node
+    /// subnet (set up by berth-net's bridge isolator).
+    Bridge,
+}
+
+/// A node port forwarded to a container port (Mesos `NetworkInfo.PortMapping`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMappingSpec {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The node's port.
+    pub host_port: u16,
+    /// The container's port.
+    pub container_port: u16,
 }
 
 /// The resources a container is limited to.
@@ -182,6 +196,9 @@ pub struct RlimitRequest {
 /// The per-container isolation choices beyond resource limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IsolationOptions {
+    /// Node ports forwarded to the container (`--network bridge` only).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMappingSpec>,
     /// Capabilities added to the default set (`CAP_` prefix optional, case-insensitive, "ALL").
     #[serde(default)]
     pub cap_add: Vec<String>,

@@ -23,7 +23,7 @@ impl Isolator for NamespacesIsolator {
             // container sees its own cgroup as the root.
             Namespace::Cgroup,
         ];
-        if spec.network == NetworkMode::None {
+        if spec.network != NetworkMode::Host {
             namespaces.push(Namespace::Net);
         }
         Ok(LaunchInfo {

@@ -8,6 +8,8 @@
 //! - [`link`]: an rtnetlink connection opened in a chosen namespace.
 //! - [`bridge`]: the per-node bridge (`berth0`) and a container's veth pair (`eth0` inside),
 //!   plus the `resolv.conf`/`hosts` text a container gets.
+//! - [`isolator`]: the `network/bridge` isolator putting `NetworkMode::Bridge` containers on
+//!   the node bridge.
 //! - [`overlay`]: the flannel-style L3 VXLAN overlay (`berth.vx`): `apply(desired)` reads the
 //!   kernel's routes, neighbours and FDB entries, diffs and corrects them, deleting stale ones.
 //! - [`nft`], [`lb`], [`portmap`]: one nftables table `ip berth` holding the L4 load balancer's
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod addr;
 pub mod bridge;
 pub mod ipam;
+pub mod isolator;
 pub mod lb;
 pub mod link;
 pub mod netns;

@@ -126,9 +126,13 @@ pub struct RunArgs {
     /// Working directory of the command (default: the task's sandbox).
     #[arg(long, short = 'w')]
     pub workdir: Option<String>,
-    /// Network: none (private, loopback only) or host.
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    /// Network: none (private, loopback only), host, or bridge (the node bridge: an address from
+    /// the node subnet, reachable from the node and the node's other bridge tasks).
+    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge"])]
     pub network: String,
+    /// Forward a node port to the task (`--network bridge`): `HOST:CONTAINER[/tcp|/udp]`.
+    #[arg(long, short = 'p', value_name = "HOST:CONTAINER[/PROTO]", value_parser = parse_publish)]
+    pub publish: Vec<(u32, u32, String)>,
     /// Seconds between SIGTERM and SIGKILL when the task is killed.
     #[arg(long, default_value = "3", value_parser = parse_grace)]
     pub grace: f64,
@@ -156,6 +160,7 @@ impl RunArgs {
             env: Vec::new(),
             workdir: None,
             network: "none".into(),
+            publish: Vec::new(),
             grace: 3.0,
             isolation: IsolationArgs {
                 seccomp: "default".into(),
@@ -249,6 +254,25 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `HOST:CONTAINER[/PROTO]` of `--publish`.
+fn parse_publish(text: &str) -> Result<(u32, u32, String), String> {
+    let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let (host, container) = ports
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}' is not HOST:CONTAINER[/tcp|/udp]"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .map(u32::from)
+            .ok_or_else(|| format!("'{p}' is not a port (1-65535)"))
+    };
+    if proto != "tcp" && proto != "udp" {
+        return Err(format!("protocol '{proto}': tcp or udp"));
+    }
+    Ok((port(host)?, port(container)?, proto.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +323,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["berth", "run", "--bogus", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn publish_values_parse() {
+        assert_eq!(parse_publish("8080:80").unwrap(), (8080, 80, "tcp".into()));
+        assert_eq!(
+            parse_publish("53:5353/udp").unwrap(),
+            (53, 5353, "udp".into())
+        );
+        for bad in ["8080", "0:80", "8080:70000", "1:2/sctp", "a:b"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -250,6 +250,17 @@ impl Session {
         let mut container = mesos::ContainerInfo {
             network_infos: vec![mesos::NetworkInfo {
                 name: Some(args.network.clone()),
+                port_mappings: args
+                    .publish
+                    .iter()
+                    .map(
+                        |(host, container, proto)| mesos::network_info::PortMapping {
+                            host_port: *host,
+                            container_port: *container,
+                            protocol: Some(proto.clone()),
+                        },
+                    )
+                    .collect(),
                 ..Default::default()
             }],
             ..Default::default()

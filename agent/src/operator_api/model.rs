@@ -332,7 +332,7 @@ impl ExecutorView<'_> {
             statuses: task
                 .statuses
                 .iter()
-                .map(|s| s.to_proto(&task.id, agent_id, &task.container_id))
+                .map(|s| task.status_proto(s, agent_id))
                 .collect(),
             labels: info.and_then(|i| i.labels.clone()),
             container: info.and_then(|i| i.container.clone()),

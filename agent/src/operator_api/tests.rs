@@ -237,6 +237,7 @@ fn task(id: &str, framework: &str, created: f64, statuses: Vec<StatusRecord>) ->
         exit_code: None,
         grace_secs: 3.0,
         framework_info: framework_json(&format!("{framework}-name"), framework == "fw-multi"),
+        ip: None,
     }
 }
 

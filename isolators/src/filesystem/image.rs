@@ -135,7 +135,7 @@ fn only_loopback_nameservers(text: &str) -> bool {
 fn resolv_conf(host: &str, upstream: Option<&str>, network: NetworkMode) -> String {
     match upstream {
         Some(upstream)
-            if network == NetworkMode::None
+            if network != NetworkMode::Host
                 && only_loopback_nameservers(host)
                 && !only_loopback_nameservers(upstream) =>
         {

@@ -1,0 +1,185 @@
+//! `--network bridge` through the berth binary. The agent runs inside a network namespace this
+//! test creates (so the node bridge, the veths and every packet stay in it): two tasks on the
+//! node bridge get distinct addresses from the node subnet, the node reaches a task's server, a
+//! task reaches the other's, and when the tasks end their veths and address leases are gone.
+
+use std::{
+    io::Read,
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use berth_tests::{Agent, require_privileges, scaled};
+use serde_json::Value;
+
+/// A network namespace made by the test, deleted on every path.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn create() -> Self {
+        let name = format!("bt{}-bridge", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(status.success(), "ip netns add {name} failed");
+        TestNetns(name)
+    }
+
+    /// Moves the calling thread into the namespace (its children are born there).
+    fn enter(&self) {
+        let file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).expect("open netns");
+        // SAFETY: setns on a valid namespace fd for the calling thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn find_ip(value: &Value) -> Option<Ipv4Addr> {
+    match value {
+        Value::Object(map) => map
+            .get("network/bridge")
+            .and_then(|b| b["ip"].as_str())
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| map.values().find_map(find_ip)),
+        Value::Array(items) => items.iter().find_map(find_ip),
+        _ => None,
+    }
+}
+
+const SERVER: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7000))\ns.listen(8)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'hello-from-a')\n  c.close()\n";
+
+/// Connects to `addr` until it answers (the server may still be starting); returns what it sent.
+fn greeting_of(addr: SocketAddrV4) -> String {
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    loop {
+        match TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)) {
+            Ok(mut stream) => {
+                let mut text = String::new();
+                stream.read_to_string(&mut text).unwrap();
+                if !text.is_empty() {
+                    return text;
+                }
+            }
+            Err(err) => assert!(Instant::now() < deadline, "connecting to {addr}: {err}"),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn links_named_bv() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": bv"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bridge_tasks_reach_each_other_and_the_node() {
+    if !require_privileges() {
+        return;
+    }
+    let netns = TestNetns::create();
+    // Everything below runs in a thread inside the test's namespace: the agent (and so the
+    // bridge and veths) is born there, and so are this thread's sockets.
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns.enter();
+                let agent = Agent::start();
+                let a = agent.berth(&[
+                    "run", "-d", "--network", "bridge", "--name", "a", "-p", "18080:7000", "--",
+                    "python3", "-c", SERVER,
+                ]);
+                a.assert_success();
+                let inspect = agent.berth(&["inspect", "a"]);
+                inspect.assert_success();
+                let ip_a = find_ip(&inspect.json()).expect("task a has a bridge address");
+                let subnet_base = u32::from(Ipv4Addr::new(9, 0, 1, 0));
+                assert_eq!(u32::from(ip_a) & 0xffff_ff00, subnet_base, "{ip_a}");
+                // The node reaches the task's server over the bridge, and through the node port
+                // mapped to it (DNAT of the node's own connections).
+                assert_eq!(greeting_of(SocketAddrV4::new(ip_a, 7000)), "hello-from-a");
+                let gateway = Ipv4Addr::new(9, 0, 1, 1);
+                assert_eq!(greeting_of(SocketAddrV4::new(gateway, 18080)), "hello-from-a");
+                // The node port is taken: a second task asking for it fails, naming it.
+                let clash = agent.berth(&[
+                    "run", "--network", "bridge", "-p", "18080:9", "--", "true",
+                ]);
+                assert!(!clash.success(), "{}", clash.stdout);
+                assert!(
+                    clash.stderr.contains("18080") || clash.stdout.contains("18080"),
+                    "the error names the port: {} {}",
+                    clash.stdout,
+                    clash.stderr
+                );
+                // Frameworks see the address where Mesos puts it: the TASK_RUNNING status's
+                // container_status.network_infos.
+                let state = agent.get("/state").json();
+                let statuses = state.to_string();
+                assert!(
+                    statuses.contains(&format!("\"ip_address\":\"{ip_a}\"")),
+                    "task a's status does not carry {ip_a}: {statuses}"
+                );
+                // Another bridge task reaches it too, from its own address.
+                let client = format!(
+                    "import socket,fcntl\ns=socket.create_connection(('{ip_a}',7000),10)\nprint(s.recv(100).decode(), s.getsockname()[0])\n"
+                );
+                let b = agent.berth(&["run", "--network", "bridge", "--", "python3", "-c", &client]);
+                b.assert_success();
+                let stdout = b.stdout.trim().to_string();
+                assert!(stdout.starts_with("hello-from-a "), "{stdout}");
+                let ip_b: Ipv4Addr = stdout.rsplit(' ').next().unwrap().parse().unwrap();
+                assert_ne!(ip_a, ip_b);
+                assert_eq!(u32::from(ip_b) & 0xffff_ff00, subnet_base, "{ip_b}");
+                // Hairpin: a bridge task reaches a through the node port.
+                let hairpin = client.replace(&format!("('{ip_a}',7000)"), "('9.0.1.1',18080)");
+                let c = agent.berth(&["run", "--network", "bridge", "--", "python3", "-c", &hairpin]);
+                c.assert_success();
+                assert!(c.stdout.starts_with("hello-from-a "), "{}", c.stdout);
+                // A task without --network bridge has no route to it.
+                let none = agent.berth(&["run", "--", "python3", "-c", &client]);
+                assert!(!none.success(), "a --network none task reached the bridge: {}", none.stdout);
+                agent.berth(&["kill", "a"]).assert_success();
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                while !links_named_bv().is_empty() {
+                    assert!(Instant::now() < deadline, "veths left: {:?}", links_named_bv());
+                    thread::sleep(Duration::from_millis(100));
+                }
+                let leases = std::fs::read_dir(agent.work_dir().join("meta/ipam"))
+                    .map(|dir| {
+                        dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                assert!(!leases.contains(&ip_a.to_string()), "lease of a kept: {leases}");
+                // Its node port is free again.
+                let nft = Command::new("nft").args(["list", "table", "ip", "berth"]).output().unwrap();
+                let table = String::from_utf8_lossy(&nft.stdout);
+                assert!(!table.contains("18080"), "mapping of a kept: {table}");
+                drop(agent);
+            })
+            .join()
+            .expect("the test thread");
+    });
+}
