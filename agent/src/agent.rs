@@ -42,6 +42,8 @@ pub struct AgentSettings {
     pub meta_dir: PathBuf,
     /// Network of tasks that do not ask for one.
     pub default_network: NetworkMode,
+    /// Whether the node is on the overlay (`overlay`/`berth` networks are available).
+    pub overlay: bool,
     /// pids.max of tasks that do not set one.
     pub default_pids_max: u64,
     /// Kill grace of tasks without a kill policy.

@@ -107,9 +107,25 @@ pub struct AgentFlags {
     /// The node subnet `bridge` tasks get addresses from (the bridge holds its first address).
     #[arg(long, default_value = "9.0.1.0/24")]
     pub bridge_subnet: String,
-    /// MTU of the bridge and the containers' eth0.
+    /// MTU of the bridge and the containers' eth0 (with --overlay: the underlay's minus 50).
     #[arg(long, default_value_t = 1500)]
     pub bridge_mtu: u32,
+    /// Join the VXLAN overlay (`--network overlay` tasks; Mesos network name `berth`): the node
+    /// subnet is leased in ZooKeeper and replaces --bridge-subnet.
+    #[arg(long)]
+    pub overlay: bool,
+    /// ZooKeeper for overlay membership (default: --master when it is a zk:// URL).
+    #[arg(long)]
+    pub overlay_zk: Option<String>,
+    /// The node's VTEP address (default: the address the agent advertises to the master).
+    #[arg(long)]
+    pub overlay_vtep_ip: Option<std::net::Ipv4Addr>,
+    /// The underlay device holding the VTEP address (default: found from the address).
+    #[arg(long)]
+    pub overlay_underlay: Option<String>,
+    /// The range node subnets are leased from.
+    #[arg(long, default_value = "9.0.0.0/8")]
+    pub overlay_pool: String,
     /// pids.max of tasks that do not set one.
     #[arg(long, default_value_t = 4096)]
     pub default_pids_max: u64,
@@ -186,6 +202,10 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             executor_bin.display()
         );
     }
+    let listener = tokio::net::TcpListener::bind(flags.listen)
+        .await
+        .with_context(|| format!("listening on {}", flags.listen))?;
+    let bound = listener.local_addr()?;
     let cgroups = Arc::new(cgroups);
     let containers_runtime = flags.runtime_dir.join("containers");
     let isolators = build_isolators(
@@ -198,18 +218,35 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         },
     )?;
     let mut isolators = isolators;
+    // The node subnet: leased on the overlay, or --bridge-subnet.
+    let overlay = if flags.overlay {
+        Some(join_overlay(&flags, bound).await?)
+    } else {
+        None
+    };
+    let (subnet, mtu): (berth_net::Ipv4Net, u32) = match &overlay {
+        Some(node) => (node.subnet, node.mtu),
+        None => (
+            flags
+                .bridge_subnet
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--bridge-subnet {}: {e}", flags.bridge_subnet))?,
+            flags.bridge_mtu,
+        ),
+    };
     isolators.push(Arc::new(
         BridgeIsolator::new(
             BridgeConfig {
                 name: flags.bridge_name.clone(),
-                subnet: flags
-                    .bridge_subnet
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--bridge-subnet {}: {e}", flags.bridge_subnet))?,
-                mtu: flags.bridge_mtu,
+                subnet,
+                mtu,
                 vip_range: None,
             },
-            &flags.work_dir.join("meta").join("ipam"),
+            &flags.work_dir.join("meta").join(format!(
+                "ipam-{}_{}",
+                subnet.network(),
+                subnet.prefix()
+            )),
             Path::new("/proc/sys"),
             Arc::new(berth_net::nft::NftCommand::new()),
         )
@@ -233,10 +270,6 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         )?
         .with_image_store(Arc::new(images)),
     );
-    let listener = tokio::net::TcpListener::bind(flags.listen)
-        .await
-        .with_context(|| format!("listening on {}", flags.listen))?;
-    let bound = listener.local_addr()?;
     let settings = AgentSettings {
         id: agent_id,
         port: flags.advertise_port.unwrap_or(bound.port()),
@@ -249,6 +282,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             "bridge" => NetworkMode::Bridge,
             _ => NetworkMode::None,
         },
+        overlay: flags.overlay,
         default_pids_max: flags.default_pids_max,
         default_grace: Duration::from_secs(3),
         seccomp_config_dir: flags.isolation.seccomp_config_dir.clone(),
@@ -422,4 +456,43 @@ fn first_zk_server(master: &str) -> Option<SocketAddr> {
     };
     let first = url.servers.split(',').next()?;
     std::net::ToSocketAddrs::to_socket_addrs(first).ok()?.next()
+}
+
+/// Joins the overlay (`--overlay`): the VTEP address is --overlay-vtep-ip, else the advertised
+/// IP, else the listen IP, else the address that routes to ZooKeeper.
+async fn join_overlay(
+    flags: &AgentFlags,
+    bound: SocketAddr,
+) -> anyhow::Result<crate::overlay::OverlayNode> {
+    let zk = match (&flags.overlay_zk, &flags.master) {
+        (Some(zk), _) => zk.clone(),
+        (None, Some(master)) if master.starts_with("zk://") => master.clone(),
+        _ => bail!("--overlay needs ZooKeeper for membership: --overlay-zk zk://host:2181/berth"),
+    };
+    let vtep_ip = match flags.overlay_vtep_ip {
+        Some(ip) => ip,
+        None => match advertise_ip(bound, flags.advertise_ip, first_zk_server(&zk)) {
+            std::net::IpAddr::V4(v4) if !v4.is_loopback() => v4,
+            other => bail!(
+                "--overlay: the VTEP address {other} is not a usable IPv4 address; pass --overlay-vtep-ip"
+            ),
+        },
+    };
+    let underlay_dev = match &flags.overlay_underlay {
+        Some(dev) => dev.clone(),
+        None => crate::overlay::device_with_address(vtep_ip)?,
+    };
+    crate::overlay::join(crate::overlay::OverlaySettings {
+        zk,
+        session_timeout: Duration::from_secs_f64(flags.zk_session_timeout.max(1.0)),
+        vtep_ip,
+        underlay_dev,
+        pool: flags
+            .overlay_pool
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--overlay-pool {}: {e}", flags.overlay_pool))?,
+        prefix: 24,
+        state_file: flags.work_dir.join("meta").join("overlay.json"),
+    })
+    .await
 }

@@ -27,6 +27,7 @@ pub mod master;
 pub mod mesos;
 pub mod metrics;
 pub mod operator_api;
+pub mod overlay;
 pub mod resources;
 pub mod status_updates;
 pub mod task;

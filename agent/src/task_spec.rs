@@ -300,9 +300,9 @@ fn port_mappings(
             .network_infos
             .first()
             .and_then(|n| n.name.as_deref())
-            != Some("bridge")
+            .is_none_or(|name| !matches!(name, "bridge" | "overlay" | "berth"))
     {
-        return Err("port mappings need the bridge network (--network bridge)".into());
+        return Err("port mappings need the bridge or overlay network".into());
     }
     Ok(out)
 }
@@ -475,9 +475,16 @@ pub(crate) fn container_config(
         Some("host") => NetworkMode::Host,
         Some("none") => NetworkMode::None,
         Some("bridge") => NetworkMode::Bridge,
+        // The overlay is the node bridge with its subnet routed across nodes.
+        Some("overlay" | "berth") if settings.overlay => NetworkMode::Bridge,
+        Some(name @ ("overlay" | "berth")) => {
+            return Err(format!(
+                "network {name:?}: this agent is not on the overlay (start it with --overlay)"
+            ));
+        }
         Some(other) => {
             return Err(format!(
-                "unknown network {other:?} (berth has 'host', 'none' and 'bridge')"
+                "unknown network {other:?} (berth has 'host', 'none', 'bridge' and 'overlay')"
             ));
         }
     };

@@ -661,8 +661,13 @@ impl Agent {
         fs::create_dir_all(&runtime_dir).expect("mkdir run");
         let stderr_path = root.join("agent.stderr");
         let stdout_path = root.join("agent.stdout");
-        let port = free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // `--listen` in `extra` replaces the default loopback address with a free port.
+        let given = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .map(|a| a.parse::<SocketAddr>().expect("--listen IP:PORT"));
+        let addr: SocketAddr = given.unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
         let mut cmd = Command::new(berth);
         cmd.arg("agent")
             .args(mode)
@@ -671,8 +676,11 @@ impl Agent {
             .arg(&work_dir)
             .arg("--runtime-dir")
             .arg(&runtime_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
+            .args(if given.is_none() {
+                vec!["--listen".to_string(), addr.to_string()]
+            } else {
+                Vec::new()
+            })
             .arg("--cgroup-base")
             .arg(&base)
             .args(extra)
@@ -765,6 +773,14 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL (a node dying); [`Agent::crash_and_restart`] brings it back.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the agent with SIGKILL (no cleanup of any kind) and starts it again on the same
     /// work dir, runtime dir, cgroup base and port, as an operator restarting a crashed agent
     /// would; waits until it is healthy. The containers' shims keep running across this.
@@ -785,8 +801,11 @@ impl Agent {
             .arg(&self.work_dir)
             .arg("--runtime-dir")
             .arg(&self.runtime_dir)
-            .arg("--listen")
-            .arg(self.addr.to_string())
+            .args(if self.extra.iter().any(|a| a == "--listen") {
+                Vec::new()
+            } else {
+                vec!["--listen".to_string(), self.addr.to_string()]
+            })
             .arg("--cgroup-base")
             .arg(&self.base)
             .args(&self.extra)

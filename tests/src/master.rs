@@ -27,16 +27,21 @@ impl Master {
     /// it answers `/health`.
     #[track_caller]
     pub fn start(extra: &[&str]) -> Master {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Self::start_at(([127, 0, 0, 1], port).into(), extra)
+    }
+
+    /// Starts `berth master --listen addr` with `extra` flags.
+    #[track_caller]
+    pub fn start_at(addr: SocketAddr, extra: &[&str]) -> Master {
         let tmp = tempfile::Builder::new()
             .prefix("berth-test-master.")
             .tempdir()
             .expect("tempdir");
         let log = tmp.path().join("master.log");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let child = Command::new(berth_bin())
             .arg("master")
             .arg("--listen")

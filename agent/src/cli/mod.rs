@@ -128,7 +128,7 @@ pub struct RunArgs {
     pub workdir: Option<String>,
     /// Network: none (private, loopback only), host, or bridge (the node bridge: an address from
     /// the node subnet, reachable from the node and the node's other bridge tasks).
-    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge"])]
+    #[arg(long, default_value = "none", value_parser = ["none", "host", "bridge", "overlay"])]
     pub network: String,
     /// Forward a node port to the task (`--network bridge`): `HOST:CONTAINER[/tcp|/udp]`.
     #[arg(long, short = 'p', value_name = "HOST:CONTAINER[/PROTO]", value_parser = parse_publish)]

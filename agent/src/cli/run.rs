@@ -80,6 +80,12 @@ pub async fn run(agent_url: &str, args: RunArgs) -> anyhow::Result<i32> {
         task_id,
         args,
         request,
+        // Older agents without the endpoint: any agent's offer will do.
+        agent_id: client
+            .get_json("/api/berth/v1/master")
+            .await
+            .ok()
+            .and_then(|v| v["agent_id"].as_str().map(String::from)),
         launched: false,
         logs: None,
         interrupted: false,
@@ -118,6 +124,8 @@ struct Session {
     task_id: String,
     args: RunArgs,
     request: ResourceSet,
+    /// The agent this CLI talks to: only its offers are used (its logs are read from it).
+    agent_id: Option<String>,
     launched: bool,
     logs: Option<LogFollower>,
     interrupted: bool,
@@ -165,7 +173,11 @@ impl Session {
 
     async fn on_offer(&mut self, offer: mesos::Offer) -> anyhow::Result<()> {
         let offered = ResourceSet::from_proto(&offer.resources);
-        if self.launched || !offered.contains(&self.request) {
+        let elsewhere = self
+            .agent_id
+            .as_ref()
+            .is_some_and(|id| *id != offer.agent_id.value);
+        if self.launched || elsewhere || !offered.contains(&self.request) {
             let decline = scheduler::Call {
                 r#type: Some(scheduler::call::Type::Decline as i32),
                 decline: Some(scheduler::call::Decline {

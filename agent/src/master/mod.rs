@@ -41,7 +41,8 @@ const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
 struct Framework {
     info: mesos::FrameworkInfo,
     stream: Option<(String, mpsc::UnboundedSender<scheduler::Event>)>,
-    filtered_until: Option<Instant>,
+    /// Refuse filters by agent (Mesos filters are per framework and agent).
+    filtered_until: HashMap<String, Instant>,
     suppressed: bool,
     disconnected_at: Option<Instant>,
 }
@@ -248,7 +249,7 @@ impl EmbeddedMaster {
                 Framework {
                     info,
                     stream: Some((stream_id.clone(), tx)),
-                    filtered_until: None,
+                    filtered_until: HashMap::new(),
                     suppressed: false,
                     disconnected_at: None,
                 },
@@ -339,7 +340,9 @@ impl EmbeddedMaster {
             .frameworks
             .iter()
             .filter(|(_, f)| {
-                f.stream.is_some() && !f.suppressed && f.filtered_until.is_none_or(|t| t <= now)
+                f.stream.is_some()
+                    && !f.suppressed
+                    && f.filtered_until.get(agent_id).is_none_or(|t| *t <= now)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -564,7 +567,9 @@ impl EmbeddedMaster {
                 }
             }
             if let Some(framework) = state.frameworks.get_mut(framework_id) {
-                framework.filtered_until = Some(Instant::now() + refuse);
+                framework
+                    .filtered_until
+                    .insert(agent_id.clone(), Instant::now() + refuse);
             }
             for (task_id, state_, reason, message) in &errors {
                 let mut status = mesos::TaskStatus {
@@ -596,18 +601,18 @@ impl EmbeddedMaster {
     pub fn decline(&self, framework_id: &str, decline: scheduler::call::Decline) {
         {
             let mut state = self.state.lock().expect("master lock");
+            let until = Instant::now() + filter_duration(decline.filters.as_ref());
             for offer_id in &decline.offer_ids {
-                if state
-                    .offers
-                    .get(&offer_id.value)
-                    .is_some_and(|o| o.framework_id == framework_id)
-                {
+                let declined = match state.offers.get(&offer_id.value) {
+                    Some(o) if o.framework_id == framework_id => Some(o.agent_id.clone()),
+                    _ => None,
+                };
+                if let Some(agent_id) = declined {
                     state.offers.remove(&offer_id.value);
+                    if let Some(framework) = state.frameworks.get_mut(framework_id) {
+                        framework.filtered_until.insert(agent_id, until);
+                    }
                 }
-            }
-            if let Some(framework) = state.frameworks.get_mut(framework_id) {
-                framework.filtered_until =
-                    Some(Instant::now() + filter_duration(decline.filters.as_ref()));
             }
         }
         self.allocate();
@@ -620,7 +625,7 @@ impl EmbeddedMaster {
             if let Some(framework) = state.frameworks.get_mut(framework_id) {
                 framework.suppressed = suppressed;
                 if !suppressed {
-                    framework.filtered_until = None;
+                    framework.filtered_until.clear();
                 }
             }
         }

@@ -51,6 +51,8 @@ pub fn free_port() -> u16 {
 /// One ZooKeeper server process (standalone, or one peer of an ensemble).
 pub struct ZkServer {
     dir: PathBuf,
+    /// The address it listens on.
+    pub ip: String,
     /// Client port.
     pub port: u16,
     child: Option<Child>,
@@ -61,9 +63,15 @@ pub struct ZkServer {
 impl ZkServer {
     /// Starts a standalone server.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts a standalone server listening on `ip` (e.g. a test namespace's address).
+    pub fn start_on(ip: &str) -> Self {
         let dir = test_dir();
         let mut s = Self {
             dir,
+            ip: ip.to_string(),
             port: free_port(),
             child: None,
             owns_dir: true,
@@ -75,7 +83,7 @@ impl ZkServer {
 
     /// `127.0.0.1:port`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The server's log so far (for failure messages).
@@ -90,10 +98,11 @@ impl ZkServer {
         fs::create_dir_all(&data).unwrap();
         let mut cfg = format!(
             "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={}\n\
-             clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=\n\
+             clientPortAddress={}\nadmin.enableServer=false\n4lw.commands.whitelist=\n\
              minSessionTimeout=1000\nmaxSessionTimeout=120000\n",
             data.display(),
-            self.port
+            self.port,
+            self.ip
         );
         if let Some((id, peers)) = peer {
             fs::write(data.join("myid"), format!("{id}\n")).unwrap();
@@ -197,6 +206,7 @@ impl Ensemble {
         let mut servers: Vec<ZkServer> = (0..n)
             .map(|i| ZkServer {
                 dir: root.join(format!("peer{}", i + 1)),
+                ip: "127.0.0.1".into(),
                 port: free_port(),
                 child: None,
                 owns_dir: false,

@@ -1,0 +1,406 @@
+//! The VXLAN overlay through the berth binary, on three "nodes": network namespaces this test
+//! creates, joined by an underlay bridge in a fourth ("hub") namespace that also runs ZooKeeper
+//! and `berth master`. Every packet stays inside these namespaces.
+//!
+//! Each node runs `berth agent --master zk://... --overlay`: it leases a /24 from 9.0.0.0/8 in
+//! ZooKeeper and routes the others' subnets over its VXLAN device. A task on node 1 serves TCP and
+//! UDP; a task on node 2 reaches it over the overlay (a 1 MiB TCP transfer, a 1400-byte UDP
+//! datagram both ways, container MTU = underlay − 50). Node 3 dies (kill -9): within its lease
+//! (the ZooKeeper session timeout) the others delete its route, neighbour and FDB entries. It
+//! comes back and gets the same subnet again.
+
+#[path = "../../agent/tests/zk_real/server.rs"]
+#[allow(dead_code)]
+mod zk_server;
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use berth_tests::{Agent, master::Master, require_privileges, scaled};
+use serde_json::Value;
+
+const GUARD: Duration = Duration::from_secs(120);
+const HUB_IP: &str = "10.99.0.254";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's namespaces; deleted (with their links) on every path.
+struct Topology {
+    prefix: String,
+    nodes: usize,
+}
+
+impl Topology {
+    fn create(nodes: usize) -> Self {
+        let prefix = format!("bt{}-ov", std::process::id());
+        let topology = Topology { prefix, nodes };
+        let hub = topology.hub();
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &hub, "link", "add", "ul", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{HUB_IP}/24"),
+            "dev",
+            "ul",
+        ]);
+        ip(&["-n", &hub, "link", "set", "ul", "up"]);
+        for n in 1..=nodes {
+            topology.add_node(n);
+        }
+        topology
+    }
+
+    fn hub(&self) -> String {
+        format!("{}-hub", self.prefix)
+    }
+
+    fn node(&self, n: usize) -> String {
+        format!("{}-n{n}", self.prefix)
+    }
+
+    fn add_node(&self, n: usize) {
+        let (hub, node) = (self.hub(), self.node(n));
+        ip(&["netns", "add", &node]);
+        ip(&["-n", &node, "link", "set", "lo", "up"]);
+        let outside = format!("btov{n}h");
+        ip(&[
+            "-n", &hub, "link", "add", &outside, "type", "veth", "peer", "name", "ul0", "netns",
+            &node,
+        ]);
+        ip(&["-n", &hub, "link", "set", &outside, "master", "ul", "up"]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("10.99.0.{n}/24"),
+            "dev",
+            "ul0",
+        ]);
+        ip(&["-n", &node, "link", "set", "ul0", "up"]);
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in 1..=self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.node(n)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub()])
+            .status();
+    }
+}
+
+/// What a namespace thread holds: its agent, and whatever else it started (ZooKeeper, master).
+#[derive(Default)]
+struct Held {
+    agent: Option<Agent>,
+    keep: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+type Job = Box<dyn FnOnce(&mut Held) + Send>;
+
+/// A thread living in one namespace: what it starts (agents, ZooKeeper, masters) is born there.
+struct InNetns {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl InNetns {
+    fn new(netns: &str) -> Self {
+        let path = format!("/var/run/netns/{netns}");
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd, for this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let mut held = Held::default();
+            for job in rx {
+                job(&mut held);
+            }
+            // Dropped here, on the thread that started them: the agent first.
+            drop(held.agent.take());
+            drop(held);
+        });
+        InNetns {
+            jobs: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut Held) -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |held| {
+                let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || f(held),
+                )));
+            }))
+            .expect("node thread alive");
+        match rx.recv().expect("node thread answered") {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn find_ip(value: &Value) -> Option<Ipv4Addr> {
+    match value {
+        Value::Object(map) => map
+            .get("network/bridge")
+            .and_then(|b| b["ip"].as_str())
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| map.values().find_map(find_ip)),
+        Value::Array(items) => items.iter().find_map(find_ip),
+        _ => None,
+    }
+}
+
+fn overlay_entries() -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("ip/bridge");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    (
+        run(&["ip", "-4", "route", "show", "dev", "berth.vx"]),
+        run(&["ip", "-4", "neigh", "show", "dev", "berth.vx"]),
+        run(&["bridge", "fdb", "show", "dev", "berth.vx"]),
+    )
+}
+
+fn subnet_of(agent: &Agent) -> String {
+    let state = std::fs::read_to_string(agent.work_dir().join("meta/overlay.json")).unwrap();
+    let value: Value = serde_json::from_str(&state).unwrap();
+    value["subnet"].as_str().unwrap().to_string()
+}
+
+const SERVER: &str = "import socket,threading\n\
+def udp():\n  u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n  u.bind(('0.0.0.0',7001))\n  while True:\n    d,a=u.recvfrom(4096)\n    u.sendto(d,a)\n\
+threading.Thread(target=udp,daemon=True).start()\n\
+s=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7000))\ns.listen(8)\n\
+while True:\n  c,_=s.accept()\n  c.sendall(b'x'*1048576)\n  c.close()\n";
+
+#[test]
+fn overlay_across_three_nodes_with_a_node_dying_and_coming_back() {
+    if !require_privileges() {
+        return;
+    }
+    if !zk_server::zookeeper_available() {
+        assert!(
+            std::env::var("BERTH_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1"),
+            "ZooKeeper is not installed (apt-get install zookeeperd default-jre-headless)"
+        );
+        return;
+    }
+    let topology = Topology::create(3);
+    let hub = InNetns::new(&topology.hub());
+    // ZooKeeper and the master live in the hub, on the underlay.
+    let zk_url = hub.run(|held| {
+        let zk = zk_server::ZkServer::start_on(HUB_IP);
+        let zk_url = format!("zk://{}/mesos", zk.address());
+        let port = std::net::TcpListener::bind(format!("{HUB_IP}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let master = Master::start_at(
+            format!("{HUB_IP}:{port}").parse().unwrap(),
+            &["--zk", &zk_url],
+        );
+        master.wait_for("master leads", GUARD, |s| s["leading"] == true);
+        // Both live as long as the hub thread (the end of the test).
+        held.keep.push(Box::new(zk));
+        held.keep.push(Box::new(master));
+        zk_url
+    });
+    let nodes: Vec<InNetns> = (1..=3).map(|n| InNetns::new(&topology.node(n))).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let zk = zk_url.clone();
+        node.run(move |held| {
+            let listen = format!("10.99.0.{}:5051", i + 1);
+            held.agent = Some(Agent::start_with_master(
+                &zk,
+                &[
+                    "--listen",
+                    &listen,
+                    "--overlay",
+                    "--zk-session-timeout",
+                    "3",
+                    "--registration-backoff-factor",
+                    "0",
+                ],
+            ));
+        });
+    }
+    let subnets: Vec<String> = nodes
+        .iter()
+        .map(|n| n.run(|held| subnet_of(held.agent.as_ref().unwrap())))
+        .collect();
+    assert_eq!(
+        subnets
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "distinct node subnets: {subnets:?}"
+    );
+    // Every node routes the two others' subnets over berth.vx.
+    for (i, node) in nodes.iter().enumerate() {
+        let others: Vec<String> = subnets
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| s.clone())
+            .collect();
+        node.run(move |_| {
+            let deadline = Instant::now() + scaled(GUARD);
+            loop {
+                let (routes, _, _) = overlay_entries();
+                if others.iter().all(|s| routes.contains(s.as_str())) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "routes: {routes} (want {others:?})"
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+    // A server on node 1, a client on node 2.
+    let server_ip = nodes[0].run(|held| {
+        let agent = held.agent.as_ref().unwrap();
+        agent
+            .berth(&[
+                "run",
+                "-d",
+                "--network",
+                "overlay",
+                "--name",
+                "srv",
+                "--",
+                "python3",
+                "-c",
+                SERVER,
+            ])
+            .assert_success();
+        find_ip(&agent.berth(&["inspect", "srv"]).json()).expect("the server's overlay address")
+    });
+    let client = format!(
+        "import socket,time\n\
+for i in range(200):\n  try:\n    s=socket.create_connection(('{server_ip}',7000),5); break\n  except OSError: time.sleep(0.1)\n\
+n=0\nwhile True:\n  d=s.recv(65536)\n  if not d: break\n  n+=len(d)\n\
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.settimeout(5)\nu.sendto(b'y'*1400,('{server_ip}',7001))\nd,_=u.recvfrom(4096)\n\
+print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip())\n"
+    );
+    let printed = nodes[1].run(move |held| {
+        let out = held.agent.as_ref().unwrap().berth(&[
+            "run",
+            "--network",
+            "overlay",
+            "--",
+            "python3",
+            "-c",
+            &client,
+        ]);
+        out.assert_success();
+        out.stdout.trim().to_string()
+    });
+    assert_eq!(
+        printed, "1048576 1400 1450",
+        "bytes over TCP, UDP echo size, container MTU"
+    );
+    // Node 3 dies: the others drop its entries once its lease (session) expires.
+    let dead_subnet = subnets[2].clone();
+    nodes[2].run(|held| held.agent.as_mut().unwrap().kill9());
+    for node in &nodes[..2] {
+        let gone = dead_subnet.clone();
+        node.run(move |_| {
+            let deadline = Instant::now() + scaled(GUARD);
+            loop {
+                let (routes, neighbours, fdb) = overlay_entries();
+                // "9.0.42.0/24" -> "9.0.42."
+                let net = gone.split('/').next().unwrap();
+                let three_octets = &net[..net.rfind('.').unwrap() + 1];
+                if !routes.contains(three_octets)
+                    && !neighbours.contains(three_octets)
+                    && !fdb.contains("dst 10.99.0.3 ")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "entries of the dead node remain:\n{routes}\n{neighbours}\n{fdb}"
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+    // It comes back with the same subnet, and the others route to it again.
+    let back = nodes[2].run(|held| {
+        let agent = held.agent.as_mut().unwrap();
+        agent.crash_and_restart();
+        subnet_of(agent)
+    });
+    assert_eq!(back, dead_subnet, "a node that comes back keeps its lease");
+    let again = dead_subnet.clone();
+    nodes[0].run(move |_| {
+        let deadline = Instant::now() + scaled(GUARD);
+        while !overlay_entries()
+            .0
+            .contains(again.split('/').next().unwrap())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no route to the node that came back"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    // End the server task before the agents stop (cluster agents leave tasks running).
+    nodes[0].run(|held| {
+        held.agent
+            .as_ref()
+            .unwrap()
+            .berth(&["kill", "srv"])
+            .assert_success();
+    });
+    drop(nodes);
+    drop(hub);
+}
