@@ -234,7 +234,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             flags.bridge_mtu,
         ),
     };
-    isolators.push(Arc::new(
+    let bridge = Arc::new(
         BridgeIsolator::new(
             BridgeConfig {
                 name: flags.bridge_name.clone(),
@@ -251,7 +251,12 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             Arc::new(berth_net::nft::NftCommand::new()),
         )
         .context("the bridge network")?,
-    ));
+    );
+    isolators.push(bridge.clone());
+    let net_view = http::NetView {
+        bridge,
+        overlay: overlay.as_ref().map(|o| o.status.clone()),
+    };
     info!(
         isolators = ?isolators.iter().map(|i| i.name()).collect::<Vec<_>>(),
         "isolators enabled"
@@ -347,6 +352,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         agent: agent.clone(),
         master: embedded.as_ref().map(|m| m.master.clone()),
         link: Some(link.clone()),
+        net: Some(net_view),
     })
     .merge(libprocess::router(processes));
     info!(

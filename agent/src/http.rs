@@ -33,6 +33,8 @@ pub struct AppState {
     pub master: Option<Arc<EmbeddedMaster>>,
     /// The link to the leading master.
     pub link: Option<Arc<crate::mesos::link::MesosLink>>,
+    /// The node's networks (`berth net`).
+    pub net: Option<NetView>,
 }
 
 /// Builds the router.
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/api/v1/scheduler", post(scheduler))
         .route("/api/berth/v1/master", get(master_link))
+        .route("/api/berth/v1/net", get(net_view))
         .route("/api/berth/v1/tasks", get(list_tasks))
         .route("/api/berth/v1/tasks/{id}", get(inspect_task))
         .route("/api/berth/v1/tasks/{id}/kill", post(kill_task))
@@ -68,6 +71,26 @@ impl IntoResponse for AgentError {
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
     }
+}
+
+/// What `berth net` reads: the bridge isolator and the overlay status.
+#[derive(Clone)]
+pub struct NetView {
+    /// The bridge network isolator.
+    pub bridge: Arc<berth_net::isolator::BridgeIsolator>,
+    /// The overlay membership, with `--overlay`.
+    pub overlay: Option<tokio::sync::watch::Receiver<crate::overlay::OverlayStatus>>,
+}
+
+/// The node's networks: bridge, leases, port mappings, overlay subnet and peers.
+async fn net_view(State(state): State<AppState>) -> Json<Value> {
+    let Some(net) = &state.net else {
+        return Json(json!({"bridge": null, "overlay": null}));
+    };
+    Json(json!({
+        "bridge": net.bridge.report(),
+        "overlay": net.overlay.as_ref().map(|o| json!(*o.borrow())),
+    }))
 }
 
 /// The agent's view of its master: who leads, whether the agent is registered, its agent id.

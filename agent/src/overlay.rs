@@ -66,6 +66,27 @@ pub struct OverlayNode {
     pub subnet: Ipv4Net,
     /// MTU for the bridge and containers (underlay − VXLAN overhead).
     pub mtu: u32,
+    /// What `berth net` shows, kept current by the reconcile loop.
+    pub status: tokio::sync::watch::Receiver<OverlayStatus>,
+}
+
+/// The overlay as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverlayStatus {
+    /// This node's subnet.
+    pub subnet: String,
+    /// This node's VTEP address.
+    pub vtep_ip: Ipv4Addr,
+    /// The underlay device.
+    pub underlay_dev: String,
+    /// MTU inside the overlay.
+    pub mtu: u32,
+    /// The other members: subnet and VTEP address.
+    pub peers: Vec<(String, Ipv4Addr)>,
+    /// Unix time of the last successful reconcile.
+    pub reconciled_at: f64,
+    /// The last reconcile's error, if it failed.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,8 +177,28 @@ pub async fn join(settings: OverlaySettings) -> anyhow::Result<OverlayNode> {
         .await
         .context("setting up the VXLAN overlay")?;
     info!(%subnet, vtep = %settings.vtep_ip, mtu, "joined the overlay");
-    tokio::spawn(follow(client, acl, Arc::new(overlay), subnet, member));
-    Ok(OverlayNode { subnet, mtu })
+    let (status_tx, status) = tokio::sync::watch::channel(OverlayStatus {
+        subnet: subnet.to_string(),
+        vtep_ip: settings.vtep_ip,
+        underlay_dev: settings.underlay_dev.clone(),
+        mtu,
+        peers: Vec::new(),
+        reconciled_at: crate::task::now(),
+        error: None,
+    });
+    tokio::spawn(follow(
+        client,
+        acl,
+        Arc::new(overlay),
+        subnet,
+        member,
+        status_tx,
+    ));
+    Ok(OverlayNode {
+        subnet,
+        mtu,
+        status,
+    })
 }
 
 /// Takes the first free candidate subnet by creating its znode.
@@ -236,6 +277,7 @@ async fn follow(
     overlay: Arc<Overlay<RtnlOverlay>>,
     subnet: Ipv4Net,
     member: Vec<u8>,
+    status: tokio::sync::watch::Sender<OverlayStatus>,
 ) {
     let mut events = client.events();
     let mut state = client.state();
@@ -254,9 +296,25 @@ async fn follow(
             }
             match read_peers(&client).await {
                 Ok(peers) => {
-                    if let Err(err) = overlay.apply(&OverlayState { peers }).await {
+                    let listed: Vec<(String, Ipv4Addr)> = peers
+                        .iter()
+                        .filter(|p| p.subnet != subnet)
+                        .map(|p| (p.subnet.to_string(), p.vtep_ip))
+                        .collect();
+                    let result = overlay.apply(&OverlayState { peers }).await;
+                    if let Err(err) = &result {
                         warn!(error = %err, "overlay reconcile failed; retrying");
                     }
+                    status.send_modify(|s| {
+                        s.peers = listed;
+                        match result {
+                            Ok(_) => {
+                                s.reconciled_at = crate::task::now();
+                                s.error = None;
+                            }
+                            Err(err) => s.error = Some(err.to_string()),
+                        }
+                    });
                 }
                 Err(err) => warn!(error = %err, "reading overlay members"),
             }

@@ -144,6 +144,38 @@ impl BridgeIsolator {
         &self.config
     }
 
+    /// What `berth net inspect` shows: the bridge, its leases and the port mappings.
+    pub fn report(&self) -> serde_json::Value {
+        let leases: BTreeMap<String, String> = self
+            .ipam
+            .lock()
+            .expect("ipam lock")
+            .leases()
+            .into_iter()
+            .map(|(owner, ip)| (owner, ip.to_string()))
+            .collect();
+        let mappings: Vec<serde_json::Value> = self
+            .ports
+            .lock()
+            .expect("ports lock")
+            .as_ref()
+            .map(|m| {
+                m.mappings()
+                    .into_iter()
+                    .map(|(owner, m)| serde_json::json!({"container_id": owner, "mapping": m}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({
+            "bridge": self.config.name,
+            "subnet": self.config.subnet.to_string(),
+            "gateway": self.config.gateway().to_string(),
+            "mtu": self.config.mtu,
+            "leases": leases,
+            "port_mappings": mappings,
+        })
+    }
+
     fn ensure_bridge(&self) -> Result<(), IsolatorError> {
         let mut ready = self.bridge_ready.lock().expect("bridge lock");
         if *ready {

@@ -121,6 +121,11 @@ fn bridge_tasks_reach_each_other_and_the_node() {
                 assert_eq!(greeting_of(SocketAddrV4::new(ip_a, 7000)), "hello-from-a");
                 let gateway = Ipv4Addr::new(9, 0, 1, 1);
                 assert_eq!(greeting_of(SocketAddrV4::new(gateway, 18080)), "hello-from-a");
+                // `berth net ls` shows the subnet, the lease and the mapping.
+                let ls = agent.berth(&["net", "ls"]);
+                ls.assert_success();
+                assert!(ls.stdout.contains("9.0.1.0/24"), "{}", ls.stdout);
+                assert!(ls.stdout.contains(&format!("18080      tcp    {ip_a}:7000")), "{}", ls.stdout);
                 // The node port is taken: a second task asking for it fails, naming it.
                 let clash = agent.berth(&[
                     "run", "--network", "bridge", "-p", "18080:9", "--", "true",

@@ -303,6 +303,28 @@ fn overlay_across_three_nodes_with_a_node_dying_and_coming_back() {
             }
         });
     }
+    // `berth net` on node 1 shows its subnet and the two peers.
+    let first = subnets[0].clone();
+    nodes[0].run(move |held| {
+        let net = held.agent.as_ref().unwrap().berth(&["net", "ls", "--json"]);
+        net.assert_success();
+        let view = net.json();
+        assert_eq!(view["overlay"]["subnet"], first.as_str(), "{view}");
+        let deadline = Instant::now() + scaled(GUARD);
+        while held
+            .agent
+            .as_ref()
+            .unwrap()
+            .berth(&["net", "ls", "--json"])
+            .json()["overlay"]["peers"]
+            .as_array()
+            .map(|p| p.len())
+            != Some(2)
+        {
+            assert!(Instant::now() < deadline, "peers never reached 2");
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
     // A server on node 1, a client on node 2.
     let server_ip = nodes[0].run(|held| {
         let agent = held.agent.as_ref().unwrap();

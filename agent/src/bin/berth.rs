@@ -68,6 +68,7 @@ fn main() {
             Command::Kill(args) => ops::kill(&client, args).await,
             Command::Inspect(args) => ops::inspect(&client, args).await,
             Command::Update(args) => ops::update(&client, args).await,
+            Command::Net(args) => berth_agent::cli::net::run(&client, args).await,
             Command::Image(args) => image::run(args).await,
             Command::Oci(_) => unreachable!("handled before the runtime starts"),
         };

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod image;
 pub mod isolation_args;
+pub mod net;
 pub mod oci;
 pub mod ops;
 pub mod run;
@@ -50,6 +51,8 @@ pub enum Command {
     Inspect(TaskRef),
     /// Change a running task's limits (cpus, memory, memory.high, pids) in place.
     Update(UpdateArgs),
+    /// The node's networks: bridge subnet and leases, port mappings, overlay peers.
+    Net(net::NetArgs),
     /// Manage the local image store (load, pull, ls, rm, gc); needs no running agent.
     Image(image::ImageArgs),
     /// berth as an OCI runtime (runc's command line: create, start, state, kill, delete, ...).
