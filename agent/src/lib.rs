@@ -21,6 +21,7 @@ pub mod cli;
 pub mod daemon;
 pub mod http;
 pub mod isolation;
+pub mod l4lb;
 pub mod libprocess;
 pub mod link;
 pub mod master;

@@ -126,6 +126,10 @@ pub struct RunArgs {
     /// Environment variable (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Task label (repeatable), e.g. `VIP_0=/web:80` to make the task a backend of VIP
+    /// `web.l4lb.berth.directory:80`.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub labels: Vec<(String, String)>,
     /// Working directory of the command (default: the task's sandbox).
     #[arg(long, short = 'w')]
     pub workdir: Option<String>,
@@ -164,6 +168,7 @@ impl RunArgs {
             workdir: None,
             network: "none".into(),
             publish: Vec::new(),
+            labels: Vec::new(),
             grace: 3.0,
             isolation: IsolationArgs {
                 seccomp: "default".into(),

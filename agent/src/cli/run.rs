@@ -252,7 +252,8 @@ impl Session {
                     .collect(),
             });
         }
-        let mut labels_list = Vec::new();
+        let mut labels_list: Vec<mesos::Label> =
+            args.labels.iter().map(|(k, v)| label(k, v)).collect();
         if let Some(pids) = args.pids {
             labels_list.push(label(labels::PIDS_MAX, &pids.to_string()));
         }
