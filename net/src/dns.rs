@@ -1,9 +1,16 @@
-//! berth's DNS (in progress): [`wire`], the RFC 1035 message format, written here.
+//! berth's DNS (in progress): [`wire`], the RFC 1035 message format, and [`DnsTable`], the
+//! records berth serves.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod table;
 pub mod wire;
+
+pub use table::{
+    DEFAULT_DOMAIN, DEFAULT_TTL, DnsTable, Lookup, TaskPort, TaskRecord, VIP_SUBDOMAIN,
+    VipRecord, ZoneData, dns_label, instance_label,
+};
 
 /// Errors of the DNS server and its configuration.
 #[derive(Debug, thiserror::Error)]
