@@ -1,12 +1,14 @@
-//! berth's DNS (in progress): [`wire`], the RFC 1035 message format, and [`DnsTable`], the
-//! records berth serves.
+//! berth's DNS (in progress): [`wire`], the RFC 1035 message format, [`DnsTable`], the
+//! records berth serves, and [`ResolvConf`], the node's upstream resolvers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod resolv;
 mod table;
 pub mod wire;
 
+pub use resolv::{ResolvConf, host_upstreams};
 pub use table::{
     DEFAULT_DOMAIN, DEFAULT_TTL, DnsTable, Lookup, TaskPort, TaskRecord, VIP_SUBDOMAIN,
     VipRecord, ZoneData, dns_label, instance_label,
