@@ -141,6 +141,8 @@ enum Upstream {
     WrongIdFirst(Ipv4Addr),
     /// Answers over UDP with a message larger than 512 bytes (ignoring the client's size).
     Oversized,
+    /// Answers over UDP with TC set and no records, over TCP with 60 records.
+    TruncatesUdp,
 }
 
 struct Fake {
@@ -193,6 +195,11 @@ async fn fake_upstream(mode: Upstream) -> Fake {
                 Upstream::Silent => continue,
                 Upstream::Answer(ip) => fake_answer(&q, ip, 1),
                 Upstream::Oversized => fake_answer(&q, Ipv4Addr::new(192, 0, 2, 9), 60),
+                Upstream::TruncatesUdp => {
+                    let mut tc = Message::parse(&fake_answer(&q, Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                    tc.header.truncated = true;
+                    tc.encode().unwrap()
+                }
                 Upstream::WrongIdFirst(ip) => {
                     let mut wrong = q.clone();
                     wrong.header.id = q.header.id.wrapping_add(1);
@@ -227,7 +234,9 @@ async fn fake_upstream(mode: Upstream) -> Fake {
                         return;
                     }
                     Upstream::Answer(ip) | Upstream::WrongIdFirst(ip) => fake_answer(&q, ip, 1),
-                    Upstream::Oversized => fake_answer(&q, Ipv4Addr::new(192, 0, 2, 9), 60),
+                    Upstream::Oversized | Upstream::TruncatesUdp => {
+                        fake_answer(&q, Ipv4Addr::new(192, 0, 2, 9), 60)
+                    }
                 };
                 let mut out = (reply.len() as u16).to_be_bytes().to_vec();
                 out.extend_from_slice(&reply);
@@ -318,7 +327,8 @@ async fn forwards_other_names_to_the_upstream_and_relays_the_answer() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].0, "udp");
     assert_eq!(seen[0].2, "WwW.Example.COM.", "the question is relayed byte for byte");
-    assert_eq!(seen[1].0, "tcp");
+    // A TCP client's query is relayed over UDP first (UDP-only upstreams work too).
+    assert_eq!(seen[1].0, "udp");
     assert_eq!(seen[1].2, "tcp.example.org.");
     // Zone names never reach the upstream.
     udp_ask(at, &query(9, "web.l4lb.berth.directory", RType::A)).await;
@@ -368,6 +378,22 @@ async fn an_oversized_upstream_answer_is_truncated_for_udp_clients() {
     assert!(r.header.truncated && r.answers.is_empty());
     let r = tcp_ask(srv.local_addr(), &q).await;
     assert_eq!(r.answers.len(), 60);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_upstream_answer_is_fetched_over_tcp_for_tcp_clients() {
+    let up = fake_upstream(Upstream::TruncatesUdp).await;
+    let srv = server(vec![up.addr], Duration::from_secs(5)).await;
+    let q = query(35, "tc.example.com", RType::A);
+    // A UDP client gets the TC answer as is and retries over TCP itself.
+    let r = udp_ask(srv.local_addr(), &q).await;
+    assert!(r.header.truncated && r.answers.is_empty());
+    let r = tcp_ask(srv.local_addr(), &q).await;
+    assert!(!r.header.truncated);
+    assert_eq!(r.answers.len(), 60);
+    let transports: Vec<&str> = up.seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_eq!(transports, vec!["udp", "udp", "tcp"]);
     srv.shutdown().await;
 }
 

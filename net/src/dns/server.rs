@@ -2,7 +2,8 @@
 //! under the table's zone are answered from the [`DnsTable`]; every other query is relayed to
 //! the upstream resolvers (its id replaced by a random one, the answer checked against the
 //! question and given back the client's id), one upstream after the other, each given
-//! `forward_timeout`; when none answers the client gets SERVFAIL. Malformed queries get
+//! `forward_timeout`; when none answers the client gets SERVFAIL. Relaying always asks over
+//! UDP first; for a TCP client a truncated upstream answer is fetched again over TCP. Malformed queries get
 //! FORMERR when their header is readable and are dropped otherwise.
 
 use std::collections::hash_map::RandomState;
@@ -35,7 +36,7 @@ pub struct DnsServerConfig {
     pub listen: SocketAddr,
     /// Upstream resolvers for names outside the zone, tried in order.
     pub upstreams: Vec<SocketAddr>,
-    /// How long each upstream gets to answer.
+    /// How long each upstream gets to answer (UDP, plus the TCP retry of a truncated answer).
     pub forward_timeout: Duration,
     /// Forwarded queries in flight at once; beyond it clients get SERVFAIL.
     pub max_forwards: usize,
@@ -440,11 +441,15 @@ impl Shared {
             let id = self.random_id();
             let mut raw = f.raw.clone();
             raw[..2].copy_from_slice(&id.to_be_bytes());
+            // UDP first, whatever the client used (UDP-only upstreams work, no handshake);
+            // a truncated answer is asked again over TCP when the client came over TCP.
             let exchange = async {
-                if tcp {
+                let reply = udp_exchange(*upstream, &raw, id, q).await?;
+                let truncated = Header::parse(&reply).is_ok_and(|h| h.truncated);
+                if tcp && truncated {
                     tcp_exchange(*upstream, &raw, id, q).await
                 } else {
-                    udp_exchange(*upstream, &raw, id, q).await
+                    Ok(reply)
                 }
             };
             match tokio::time::timeout(self.config.forward_timeout, exchange).await {
