@@ -31,8 +31,8 @@ pub mod wire;
 pub use resolv::{ResolvConf, host_upstreams};
 pub use server::{DnsCounters, DnsServer, DnsServerConfig, DnsShutdown, EDNS_UDP_PAYLOAD};
 pub use table::{
-    DEFAULT_DOMAIN, DEFAULT_TTL, DnsTable, Lookup, TaskPort, TaskRecord, VIP_SUBDOMAIN,
-    VipRecord, ZoneData, dns_label, instance_label,
+    DEFAULT_DOMAIN, DEFAULT_TTL, DnsTable, Lookup, TaskPort, TaskRecord, VIP_SUBDOMAIN, VipRecord,
+    ZoneData, dns_label, instance_label,
 };
 
 /// Errors of the DNS server and its configuration.

@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_net::dns::wire::{CLASS_IN, Edns, Header, Message, Name, Question, RData, RType, Rcode, Record};
+use berth_net::dns::wire::{
+    CLASS_IN, Edns, Header, Message, Name, Question, RData, RType, Rcode, Record,
+};
 use berth_net::dns::{DnsServer, DnsServerConfig, DnsTable, TaskPort, TaskRecord, VipRecord};
 use berth_net::nft::Proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +37,10 @@ async fn udp_ask_raw(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(bytes, server).await.unwrap();
     let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(wait, sock.recv(&mut buf)).await.ok()?.unwrap();
+    let n = tokio::time::timeout(wait, sock.recv(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
     buf.truncate(n);
     Some(buf)
 }
@@ -145,10 +150,12 @@ enum Upstream {
     TruncatesUdp,
 }
 
+/// (transport, id, name) of every query a fake upstream received.
+type Seen = Arc<Mutex<Vec<(&'static str, u16, String)>>>;
+
 struct Fake {
     addr: SocketAddr,
-    /// (transport, id, name) of every query received.
-    seen: Arc<Mutex<Vec<(&'static str, u16, String)>>>,
+    seen: Seen,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -180,7 +187,7 @@ async fn fake_upstream(mode: Upstream) -> Fake {
     let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let seen_u = seen.clone();
     let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
@@ -196,7 +203,8 @@ async fn fake_upstream(mode: Upstream) -> Fake {
                 Upstream::Answer(ip) => fake_answer(&q, ip, 1),
                 Upstream::Oversized => fake_answer(&q, Ipv4Addr::new(192, 0, 2, 9), 60),
                 Upstream::TruncatesUdp => {
-                    let mut tc = Message::parse(&fake_answer(&q, Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                    let mut tc =
+                        Message::parse(&fake_answer(&q, Ipv4Addr::UNSPECIFIED, 0)).unwrap();
                     tc.header.truncated = true;
                     tc.encode().unwrap()
                 }
@@ -268,7 +276,11 @@ async fn answers_zone_names_over_udp_and_tcp() {
         vec![Ipv4Addr::new(9, 0, 0, 2), Ipv4Addr::new(9, 0, 1, 2)]
     );
 
-    let r = udp_ask(at, &query(3, "_web._tcp.marathon.berth.directory", RType::SRV)).await;
+    let r = udp_ask(
+        at,
+        &query(3, "_web._tcp.marathon.berth.directory", RType::SRV),
+    )
+    .await;
     assert_eq!(r.answers.len(), 2);
     for a in &r.answers {
         let RData::Srv { port, target, .. } = &a.data else {
@@ -326,7 +338,10 @@ async fn forwards_other_names_to_the_upstream_and_relays_the_answer() {
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].0, "udp");
-    assert_eq!(seen[0].2, "WwW.Example.COM.", "the question is relayed byte for byte");
+    assert_eq!(
+        seen[0].2, "WwW.Example.COM.",
+        "the question is relayed byte for byte"
+    );
     // A TCP client's query is relayed over UDP first (UDP-only upstreams work too).
     assert_eq!(seen[1].0, "udp");
     assert_eq!(seen[1].2, "tcp.example.org.");
@@ -343,7 +358,10 @@ async fn a_silent_upstream_gives_servfail_and_the_next_upstream_is_tried() {
     let srv = server(vec![silent.addr], Duration::from_millis(200)).await;
     let r = udp_ask(srv.local_addr(), &query(11, "slow.example.com", RType::A)).await;
     assert_eq!(r.header.rcode, Rcode::ServFail);
-    assert_eq!(r.questions[0].name, Name::from_ascii("slow.example.com").unwrap());
+    assert_eq!(
+        r.questions[0].name,
+        Name::from_ascii("slow.example.com").unwrap()
+    );
     let r = tcp_ask(srv.local_addr(), &query(12, "slow.example.com", RType::A)).await;
     assert_eq!(r.header.rcode, Rcode::ServFail);
     assert_eq!(srv.counters().servfail, 2);
@@ -351,10 +369,19 @@ async fn a_silent_upstream_gives_servfail_and_the_next_upstream_is_tried() {
 
     let good = fake_upstream(Upstream::Answer(Ipv4Addr::new(192, 0, 2, 8))).await;
     let srv = server(vec![silent.addr, good.addr], Duration::from_millis(200)).await;
-    let r = udp_ask(srv.local_addr(), &query(13, "failover.example.com", RType::A)).await;
+    let r = udp_ask(
+        srv.local_addr(),
+        &query(13, "failover.example.com", RType::A),
+    )
+    .await;
     assert_eq!(addrs(&r), vec![Ipv4Addr::new(192, 0, 2, 8)]);
     assert!(
-        silent.seen.lock().unwrap().iter().any(|s| s.2 == "failover.example.com."),
+        silent
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.2 == "failover.example.com."),
         "the first upstream was asked first"
     );
     srv.shutdown().await;
@@ -407,7 +434,9 @@ async fn malformed_datagrams_get_formerr_or_nothing_and_serving_goes_on() {
         None
     );
     // A pointer loop in the question: FORMERR with the id.
-    let mut b = vec![0x77, 0x01, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1];
+    let mut b = vec![
+        0x77, 0x01, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+    ];
     let r = Message::parse(&udp_ask_raw(at, &b, PATIENCE).await.unwrap()).unwrap();
     assert_eq!((r.header.id, r.header.rcode), (0x7701, Rcode::FormErr));
     // A response sent to the server: dropped (no reflection loops).
@@ -444,7 +473,10 @@ async fn table_updates_are_served_at_once() {
         ips: vec!["9.0.0.9".parse().unwrap()],
         ports: vec![],
     });
-    assert_eq!(addrs(&udp_ask(at, &q).await), vec![Ipv4Addr::new(9, 0, 0, 9)]);
+    assert_eq!(
+        addrs(&udp_ask(at, &q).await),
+        vec![Ipv4Addr::new(9, 0, 0, 9)]
+    );
     t.remove_task("db.1");
     assert_eq!(udp_ask(at, &q).await.header.rcode, Rcode::NxDomain);
     srv.shutdown().await;
@@ -457,9 +489,12 @@ async fn shutdown_closes_the_sockets_even_with_forwards_in_flight() {
     let at = srv.local_addr();
     // A forward that would wait an hour, and an open idle TCP connection.
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(&query(61, "hang.example.com", RType::A).encode().unwrap(), at)
-        .await
-        .unwrap();
+    sock.send_to(
+        &query(61, "hang.example.com", RType::A).encode().unwrap(),
+        at,
+    )
+    .await
+    .unwrap();
     let _idle = TcpStream::connect(at).await.unwrap();
     while silent.seen.lock().unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -65,7 +65,9 @@ impl ServerThread {
                     });
                     let listen = SocketAddr::new(GATEWAY.into(), 53);
                     let cfg = DnsServerConfig::new(listen, vec![up_addr]);
-                    let srv = DnsServer::bind(cfg, table).await.expect("bind the gateway:53");
+                    let srv = DnsServer::bind(cfg, table)
+                        .await
+                        .expect("bind the gateway:53");
                     ready_tx.send(srv.local_addr()).unwrap();
                     // Also returns when the test panicked (the sender is dropped).
                     let _ = stop_rx.await;
@@ -75,7 +77,9 @@ impl ServerThread {
                 })
             })
             .expect("enter the test namespace");
-        let addr = ready_rx.recv().expect("DNS server started in the namespace");
+        let addr = ready_rx
+            .recv()
+            .expect("DNS server started in the namespace");
         assert_eq!(addr.port(), 53);
         ServerThread {
             stop: Some(stop_tx),
@@ -108,7 +112,15 @@ fn getent(ns: &Ns, etc: &Path, db: &str, name: &str) -> (i32, String) {
         n = etc.join("nsswitch.conf").display(),
     );
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "unshare", "-m", "--propagation", "private"])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
         .args(["sh", "-c", &script])
         .output()
         .expect("run getent");
@@ -169,7 +181,11 @@ fn glibc_resolves_through_the_server_on_port_53_over_udp_and_tcp() {
         std::fs::write(etc.path().join("nsswitch.conf"), "hosts: dns\n").unwrap();
 
         let (code, out) = getent(&ns, etc.path(), "ahostsv4", "web.l4lb.berth.directory");
-        assert_eq!((code, first_column(&out)), (0, vec![vip.clone()]), "{transport}");
+        assert_eq!(
+            (code, first_column(&out)),
+            (0, vec![vip.clone()]),
+            "{transport}"
+        );
 
         // A and AAAA asked in parallel on one socket; AAAA is an empty NOERROR.
         let (code, out) = getent(&ns, etc.path(), "ahosts", "Web.Marathon.berth.directory");

@@ -33,8 +33,10 @@ impl ResolvConf {
                     if let Some(addr) = words.next() {
                         match parse_nameserver(addr) {
                             Some(sa) => out.nameservers.push(sa),
-                            None => tracing::warn!(nameserver = addr,
-                                "resolv.conf nameserver is not an IP address (or has a named scope): skipped"),
+                            None => tracing::warn!(
+                                nameserver = addr,
+                                "resolv.conf nameserver is not an IP address (or has a named scope): skipped"
+                            ),
                         }
                     }
                 }
@@ -130,7 +132,11 @@ mod tests {
     fn host_upstreams_falls_back_to_systemd_resolved_servers() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
-        std::fs::write(root.path().join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(
+            root.path().join("etc/resolv.conf"),
+            "nameserver 127.0.0.53\n",
+        )
+        .unwrap();
         // No systemd file: nothing, not an error.
         assert_eq!(host_upstreams(root.path(), true).unwrap(), vec![]);
         assert_eq!(

@@ -131,12 +131,10 @@ impl DnsServer {
     /// runtime. Upstreams equal to the listening address are dropped (no forwarding loop).
     pub async fn bind(config: DnsServerConfig, table: Arc<DnsTable>) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_pair(config.listen).await?;
-        let addr = udp
-            .local_addr()
-            .map_err(|source| DnsError::BindUdp {
-                addr: config.listen,
-                source,
-            })?;
+        let addr = udp.local_addr().map_err(|source| DnsError::BindUdp {
+            addr: config.listen,
+            source,
+        })?;
         let shared = Arc::new(Shared::new(config, table, Some(addr)));
         let (tx, rx) = watch::channel(false);
         let loops = vec![
@@ -528,7 +526,10 @@ fn response_to(query: &Message, rcode: Rcode) -> Message {
 fn matches_query(reply: &[u8], id: u16, q: &Question) -> bool {
     match peek_question(reply) {
         Ok((h, Some(rq))) => {
-            h.id == id && h.response && rq.name == q.name && rq.qtype == q.qtype
+            h.id == id
+                && h.response
+                && rq.name == q.name
+                && rq.qtype == q.qtype
                 && rq.qclass == q.qclass
         }
         // A FORMERR answer may carry no question.

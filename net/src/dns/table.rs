@@ -374,7 +374,11 @@ impl DnsTable {
         };
         let fw = dns_label(&t.framework);
         let task = dns_label(&t.name);
-        let host = format!("{}.{fw}.{}", instance_label(&t.name, &t.task_id), self.domain);
+        let host = format!(
+            "{}.{fw}.{}",
+            instance_label(&t.name, &t.task_id),
+            self.domain
+        );
         let mut out = Vec::new();
         for ip in &t.ips {
             out.push((task_name.clone(), ZoneData::addr(*ip)));
@@ -389,9 +393,15 @@ impl DnsTable {
                 target: host.clone(),
             };
             let proto = p.protocol.as_str();
-            out.push((format!("_{task}._{proto}.{fw}.{}", self.domain), srv.clone()));
+            out.push((
+                format!("_{task}._{proto}.{fw}.{}", self.domain),
+                srv.clone(),
+            ));
             if let Some(pname) = p.name.as_deref().map(dns_label).filter(|n| !n.is_empty()) {
-                out.push((format!("_{pname}._{task}._{proto}.{fw}.{}", self.domain), srv));
+                out.push((
+                    format!("_{pname}._{task}._{proto}.{fw}.{}", self.domain),
+                    srv,
+                ));
             }
         }
         out
@@ -408,9 +418,13 @@ impl DnsTable {
     fn insert_vip(&self, zone: &mut Zone, v: VipRecord) {
         let key: Arc<str> = v.name.as_str().into();
         match self.vip_name(&v.name) {
-            Some(name) => {
-                add_record(zone, &self.domain, name, Owner::Vip(key.clone()), ZoneData::A(v.addr))
-            }
+            Some(name) => add_record(
+                zone,
+                &self.domain,
+                name,
+                Owner::Vip(key.clone()),
+                ZoneData::A(v.addr),
+            ),
             None => tracing::warn!(vip = %v.name, "VIP name has an empty label: no DNS record"),
         }
         zone.vips.insert(key, v);

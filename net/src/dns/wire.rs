@@ -39,7 +39,9 @@ pub enum WireError {
         offset: usize,
     },
     /// A compression pointer that does not point strictly backwards (a loop or a forward jump).
-    #[error("DNS compression pointer at byte {offset} points to byte {target}, not before its label run")]
+    #[error(
+        "DNS compression pointer at byte {offset} points to byte {target}, not before its label run"
+    )]
     BadPointer {
         /// Where the pointer is.
         offset: usize,
@@ -616,8 +618,7 @@ fn read_record(r: &mut Reader<'_>) -> Result<Record, WireError> {
         }),
         _ => RData::Other(rtype, raw.to_vec()),
     };
-    if !matches!(data, RData::Other(..) | RData::A(_) | RData::Aaaa(_)) && sub.pos != start + len
-    {
+    if !matches!(data, RData::Other(..) | RData::A(_) | RData::Aaaa(_)) && sub.pos != start + len {
         return Err(bad());
     }
     Ok(Record {
@@ -807,13 +808,20 @@ impl Message {
         w.u16(count(self.questions.len())?);
         w.u16(count(self.answers.len())?);
         w.u16(count(self.authority.len())?);
-        w.u16(count(self.additional.len() + usize::from(self.edns.is_some()))?);
+        w.u16(count(
+            self.additional.len() + usize::from(self.edns.is_some()),
+        )?);
         for q in &self.questions {
             w.name(&q.name)?;
             w.u16(q.qtype.0);
             w.u16(q.qclass);
         }
-        for rec in self.answers.iter().chain(&self.authority).chain(&self.additional) {
+        for rec in self
+            .answers
+            .iter()
+            .chain(&self.authority)
+            .chain(&self.additional)
+        {
             w.record(rec)?;
         }
         if let Some(e) = &self.edns {

@@ -5,7 +5,9 @@ use crate::nft::Proto;
 
 fn table() -> Arc<DnsTable> {
     let t = DnsTable::default();
-    let many: Vec<_> = (1..=40).map(|i| format!("9.0.1.{i}").parse().unwrap()).collect();
+    let many: Vec<_> = (1..=40)
+        .map(|i| format!("9.0.1.{i}").parse().unwrap())
+        .collect();
     t.replace_all(
         vec![VipRecord {
             name: "web".into(),
@@ -77,7 +79,11 @@ fn answers_vip_and_task_names_authoritatively_preserving_case() {
     // The owner is the question's name as asked (0x20 case randomisation survives).
     assert_eq!(r.answers[0].name.labels()[0], b"Web".to_vec());
 
-    let r = ask(&s, &query("_web._tcp.marathon.berth.directory", RType::SRV), true);
+    let r = ask(
+        &s,
+        &query("_web._tcp.marathon.berth.directory", RType::SRV),
+        true,
+    );
     let RData::Srv { port, target, .. } = &r.answers[0].data else {
         panic!("{r:?}");
     };
@@ -96,7 +102,11 @@ fn negative_answers_carry_the_soa() {
     assert_eq!(r.header.rcode, Rcode::NxDomain);
     assert!(r.answers.is_empty());
     assert!(matches!(r.authority[0].data, RData::Soa(_)));
-    let r = ask(&s, &query("web.marathon.berth.directory", RType::AAAA), true);
+    let r = ask(
+        &s,
+        &query("web.marathon.berth.directory", RType::AAAA),
+        true,
+    );
     assert_eq!(r.header.rcode, Rcode::NoError);
     assert!(r.answers.is_empty());
     assert_eq!(r.authority.len(), 1);
@@ -219,7 +229,12 @@ fn own_address_is_not_an_upstream() {
     assert_eq!(s.config.upstreams, vec!["10.0.0.2:53".parse().unwrap()]);
     let any: SocketAddr = "0.0.0.0:53".parse().unwrap();
     let cfg = DnsServerConfig::new(any, vec!["127.0.0.1:53".parse().unwrap()]);
-    assert!(Shared::new(cfg, table(), Some(any)).config.upstreams.is_empty());
+    assert!(
+        Shared::new(cfg, table(), Some(any))
+            .config
+            .upstreams
+            .is_empty()
+    );
 }
 
 #[test]

@@ -71,7 +71,13 @@ fn task_names_answer_a_and_srv_with_additional_targets() {
     t.replace_all(
         vec![],
         vec![
-            task("web.1", "web", "marathon", &["9.0.1.2"], &[(Proto::Tcp, 8080)]),
+            task(
+                "web.1",
+                "web",
+                "marathon",
+                &["9.0.1.2"],
+                &[(Proto::Tcp, 8080)],
+            ),
             task(
                 "web.2",
                 "web",
@@ -97,8 +103,14 @@ fn task_names_answer_a_and_srv_with_additional_targets() {
         panic!("no SRV");
     };
     assert_eq!(answers.len(), 2);
-    let h1 = format!("{}.marathon.berth.directory", instance_label("web", "web.1"));
-    let h2 = format!("{}.marathon.berth.directory", instance_label("web", "web.2"));
+    let h1 = format!(
+        "{}.marathon.berth.directory",
+        instance_label("web", "web.1")
+    );
+    let h2 = format!(
+        "{}.marathon.berth.directory",
+        instance_label("web", "web.2")
+    );
     assert!(answers.contains(&ZoneData::Srv {
         port: 8080,
         target: h1.clone()
@@ -133,14 +145,23 @@ fn nxdomain_nodata_and_not_in_zone() {
         }],
         vec![task("a.1", "a", "fw", &["9.0.0.5"], &[])],
     );
-    assert_eq!(t.lookup("nope.fw.berth.directory", RType::A), Lookup::NxDomain);
+    assert_eq!(
+        t.lookup("nope.fw.berth.directory", RType::A),
+        Lookup::NxDomain
+    );
     assert_eq!(t.lookup("a.fw.berth.directory", RType::SRV), Lookup::NoData);
-    assert_eq!(t.lookup("a.fw.berth.directory", RType::AAAA), Lookup::NoData);
+    assert_eq!(
+        t.lookup("a.fw.berth.directory", RType::AAAA),
+        Lookup::NoData
+    );
     // Empty non-terminals and the apex exist.
     assert_eq!(t.lookup("fw.berth.directory", RType::A), Lookup::NoData);
     assert_eq!(t.lookup("l4lb.berth.directory", RType::A), Lookup::NoData);
     assert_eq!(t.lookup("berth.directory", RType::A), Lookup::NoData);
-    assert_eq!(t.lookup("x.a.fw.berth.directory", RType::A), Lookup::NxDomain);
+    assert_eq!(
+        t.lookup("x.a.fw.berth.directory", RType::A),
+        Lookup::NxDomain
+    );
     assert_eq!(t.lookup("example.com", RType::A), Lookup::NotInZone);
     assert_eq!(t.lookup("xberth.directory", RType::A), Lookup::NotInZone);
     // No ports: no SRV names.
@@ -203,15 +224,33 @@ fn named_ports_get_their_own_srv_name() {
 fn per_entry_updates_add_replace_and_remove_only_their_records() {
     let t = DnsTable::default();
     let s0 = t.serial();
-    t.upsert_task(task("web.1", "web", "fw", &["9.0.0.1"], &[(Proto::Tcp, 80)]));
-    t.upsert_task(task("web.2", "web", "fw", &["9.0.0.2"], &[(Proto::Tcp, 80)]));
+    t.upsert_task(task(
+        "web.1",
+        "web",
+        "fw",
+        &["9.0.0.1"],
+        &[(Proto::Tcp, 80)],
+    ));
+    t.upsert_task(task(
+        "web.2",
+        "web",
+        "fw",
+        &["9.0.0.2"],
+        &[(Proto::Tcp, 80)],
+    ));
     assert_ne!(t.serial(), s0);
     assert_eq!(
         a_records(t.lookup("web.fw.berth.directory", RType::A)),
         vec![ip("9.0.0.1"), ip("9.0.0.2")]
     );
     // The instance moved: its old address is gone.
-    t.upsert_task(task("web.1", "web", "fw", &["9.0.0.7"], &[(Proto::Tcp, 80)]));
+    t.upsert_task(task(
+        "web.1",
+        "web",
+        "fw",
+        &["9.0.0.7"],
+        &[(Proto::Tcp, 80)],
+    ));
     assert_eq!(
         a_records(t.lookup("web.fw.berth.directory", RType::A)),
         vec![ip("9.0.0.2"), ip("9.0.0.7")]
@@ -225,7 +264,10 @@ fn per_entry_updates_add_replace_and_remove_only_their_records() {
     assert!(t.remove_task("web.1"));
     // Everything it contributed is gone, including the empty non-terminal.
     assert!(t.is_empty());
-    assert_eq!(t.lookup("web.fw.berth.directory", RType::A), Lookup::NxDomain);
+    assert_eq!(
+        t.lookup("web.fw.berth.directory", RType::A),
+        Lookup::NxDomain
+    );
     assert_eq!(t.lookup("fw.berth.directory", RType::A), Lookup::NxDomain);
     assert_eq!(t.lookup("berth.directory", RType::A), Lookup::NoData);
 
@@ -256,7 +298,10 @@ fn replace_all_swaps_everything_and_dedups_task_ids() {
             task("n.1", "new", "fw", &["9.0.0.3"], &[]),
         ],
     );
-    assert_eq!(t.lookup("old.fw.berth.directory", RType::A), Lookup::NxDomain);
+    assert_eq!(
+        t.lookup("old.fw.berth.directory", RType::A),
+        Lookup::NxDomain
+    );
     assert_eq!(
         a_records(t.lookup("new.fw.berth.directory", RType::A)),
         vec![ip("9.0.0.3")]
@@ -266,7 +311,10 @@ fn replace_all_swaps_everything_and_dedups_task_ids() {
         a_records(t.lookup("web.front.l4lb.berth.directory", RType::A)),
         vec![IpAddr::V4(vip)]
     );
-    assert_eq!(t.lookup("front.l4lb.berth.directory", RType::A), Lookup::NoData);
+    assert_eq!(
+        t.lookup("front.l4lb.berth.directory", RType::A),
+        Lookup::NoData
+    );
 }
 
 #[test]

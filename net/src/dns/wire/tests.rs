@@ -141,7 +141,10 @@ fn compression_shrinks_and_points_backwards() {
         RData::Other(_, raw) => raw.len(),
     };
     let uncompressed: usize = HEADER_LEN
-        + m.questions.iter().map(|q| q.name.wire_len() + 4).sum::<usize>()
+        + m.questions
+            .iter()
+            .map(|q| q.name.wire_len() + 4)
+            .sum::<usize>()
         + m.answers
             .iter()
             .chain(&m.authority)
@@ -207,13 +210,19 @@ fn pointer_loops_and_forward_pointers_are_errors() {
     ));
     // A forward pointer.
     let b = query_with_name_bytes(&[0xc0, 40, 0, 0, 0, 0]);
-    assert!(matches!(Message::parse(&b), Err(WireError::BadPointer { .. })));
+    assert!(matches!(
+        Message::parse(&b),
+        Err(WireError::BadPointer { .. })
+    ));
     // Two names pointing at each other: the answer's owner points at the question, whose
     // pointer points forward into the answer.
     let mut b = query_with_name_bytes(&[1, b'a', 0xc0, 20]);
     b.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
     b[7] = 1;
-    assert!(matches!(Message::parse(&b), Err(WireError::BadPointer { .. })));
+    assert!(matches!(
+        Message::parse(&b),
+        Err(WireError::BadPointer { .. })
+    ));
 }
 
 #[test]
@@ -248,7 +257,10 @@ fn reserved_label_types_and_overlong_names_are_errors() {
         b.extend_from_slice(&[b'z'; 49]);
     }
     b.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-    assert!(matches!(Message::parse(&b), Err(WireError::NameTooLong { .. })));
+    assert!(matches!(
+        Message::parse(&b),
+        Err(WireError::NameTooLong { .. })
+    ));
     assert!(Name::from_ascii(&"a.".repeat(128)).is_err());
     assert!(Name::from_ascii(&"b".repeat(64)).is_err());
     assert!(Name::from_ascii("a..b").is_err());
@@ -281,14 +293,21 @@ fn rdata_length_must_match_type() {
     let bytes = m.encode().unwrap();
     assert!(matches!(
         Message::parse(&bytes),
-        Err(WireError::BadRdata { rtype: RType::A, len: 3, .. })
+        Err(WireError::BadRdata {
+            rtype: RType::A,
+            len: 3,
+            ..
+        })
     ));
     // SRV whose data length is longer than its fields.
     m.answers[0].data = RData::Other(RType::SRV, vec![0, 0, 0, 0, 0, 1, 0, 9]);
     let bytes = m.encode().unwrap();
     assert!(matches!(
         Message::parse(&bytes),
-        Err(WireError::BadRdata { rtype: RType::SRV, .. })
+        Err(WireError::BadRdata {
+            rtype: RType::SRV,
+            ..
+        })
     ));
 }
 
