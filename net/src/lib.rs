@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod addr;
 pub mod bridge;
+pub mod dns;
 pub mod ipam;
 pub mod isolator;
 pub mod lb;
