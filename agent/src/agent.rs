@@ -44,6 +44,8 @@ pub struct AgentSettings {
     pub default_network: NetworkMode,
     /// Whether the node is on the overlay (`overlay`/`berth` networks are available).
     pub overlay: bool,
+    /// The resolv.conf of bridge/overlay containers when the node runs berth's DNS.
+    pub container_resolv_conf: Option<PathBuf>,
     /// pids.max of tasks that do not set one.
     pub default_pids_max: u64,
     /// Kill grace of tasks without a kill policy.

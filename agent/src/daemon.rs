@@ -123,6 +123,11 @@ pub struct AgentFlags {
     /// The underlay device holding the VTEP address (default: found from the address).
     #[arg(long)]
     pub overlay_underlay: Option<String>,
+    /// Run the node's network services for bridge/overlay tasks (implied by --overlay): the
+    /// bridge at start, the L4 load balancer for VIP_n labels (11.0.0.0/8) and DNS on the
+    /// bridge gateway (`*.l4lb.berth.directory`, `task.framework.berth.directory`).
+    #[arg(long)]
+    pub network_services: bool,
     /// The range node subnets are leased from.
     #[arg(long, default_value = "9.0.0.0/8")]
     pub overlay_pool: String,
@@ -240,7 +245,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
                 name: flags.bridge_name.clone(),
                 subnet,
                 mtu,
-                vip_range: None,
+                vip_range: (flags.overlay || flags.network_services)
+                    .then(|| crate::l4lb::VIP_RANGE.parse().expect("valid range")),
             },
             &flags.work_dir.join("meta").join(format!(
                 "ipam-{}_{}",
@@ -256,6 +262,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     let net_view = http::NetView {
         bridge,
         overlay: overlay.as_ref().map(|o| o.status.clone()),
+        lb: None,
     };
     info!(
         isolators = ?isolators.iter().map(|i| i.name()).collect::<Vec<_>>(),
@@ -288,6 +295,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             _ => NetworkMode::None,
         },
         overlay: flags.overlay,
+        container_resolv_conf: (flags.overlay || flags.network_services)
+            .then(|| flags.runtime_dir.join("dns").join("resolv.conf")),
         default_pids_max: flags.default_pids_max,
         default_grace: Duration::from_secs(3),
         seccomp_config_dir: flags.isolation.seccomp_config_dir.clone(),
@@ -348,6 +357,24 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     );
     processes.add(AGENT_PROCESS_ID, link.clone());
     agent.connect(link.clone());
+    // The node's network services (LB, DNS) for bridge and overlay tasks.
+    let mut net_view = net_view;
+    let _services = if flags.overlay || flags.network_services {
+        let nft: Arc<dyn berth_net::nft::NftExec> = Arc::new(
+            berth_net::nft::NftNetlink::new().context("nftables netlink for the load balancer")?,
+        );
+        let services = crate::netservices::start(
+            net_view.bridge.clone(),
+            nft,
+            crate::netservices::local_tasks(agent.clone()),
+            &flags.runtime_dir,
+        )
+        .await?;
+        net_view.lb = Some(services.lb.clone());
+        Some(services)
+    } else {
+        None
+    };
     let app = http::router(AppState {
         agent: agent.clone(),
         master: embedded.as_ref().map(|m| m.master.clone()),

@@ -80,6 +80,8 @@ pub struct NetView {
     pub bridge: Arc<berth_net::isolator::BridgeIsolator>,
     /// The overlay membership, with `--overlay`.
     pub overlay: Option<tokio::sync::watch::Receiver<crate::overlay::OverlayStatus>>,
+    /// The load balancer's VIPs and backends, with the network services.
+    pub lb: Option<tokio::sync::watch::Receiver<crate::l4lb::LbStatus>>,
 }
 
 /// The node's networks: bridge, leases, port mappings, overlay subnet and peers.
@@ -90,6 +92,7 @@ async fn net_view(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "bridge": net.bridge.report(),
         "overlay": net.overlay.as_ref().map(|o| json!(*o.borrow())),
+        "load_balancer": net.lb.as_ref().map(|l| json!(*l.borrow())),
     }))
 }
 

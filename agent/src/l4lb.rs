@@ -22,11 +22,15 @@ use tracing::{info, warn};
 /// The VIP range of named VIPs (DESIGN.md).
 pub const VIP_RANGE: &str = "11.0.0.0/8";
 
-/// A task as the load balancer needs it.
+/// A task of the cluster as the network services (load balancer, DNS) need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendTask {
-    /// Task id (for errors).
+pub struct ServiceTask {
+    /// Task id.
     pub task_id: String,
+    /// Task name.
+    pub name: String,
+    /// Framework name.
+    pub framework: String,
     /// Its labels.
     pub labels: Vec<(String, String)>,
     /// Its container address (bridge or overlay), once known.
@@ -52,7 +56,7 @@ pub struct LbStatus {
 
 /// The desired state for `tasks`, and the label errors found (tasks with bad labels are left out
 /// of the VIPs they name wrongly, the rest of the cluster is unaffected).
-pub fn desired(tasks: &[BackendTask], range: Ipv4Net) -> (LbState, Vec<String>) {
+pub fn desired(tasks: &[ServiceTask], range: Ipv4Net) -> (LbState, Vec<String>) {
     let mut state = LbState::default();
     let mut errors = Vec::new();
     for task in tasks {
@@ -132,7 +136,7 @@ fn describe(state: &LbState) -> BTreeMap<String, Vec<String>> {
 /// Applies the VIPs of `tasks` on every change, until the sender is gone.
 pub fn spawn(
     lb: LoadBalancer,
-    mut tasks: watch::Receiver<Vec<BackendTask>>,
+    mut tasks: watch::Receiver<Vec<ServiceTask>>,
     range: Ipv4Net,
 ) -> watch::Receiver<LbStatus> {
     let (status_tx, status) = watch::channel(LbStatus::default());
@@ -189,9 +193,11 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn task(id: &str, labels: &[(&str, &str)], ip: &str, serving: bool) -> BackendTask {
-        BackendTask {
+    fn task(id: &str, labels: &[(&str, &str)], ip: &str, serving: bool) -> ServiceTask {
+        ServiceTask {
             task_id: id.into(),
+            name: id.into(),
+            framework: "fw".into(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

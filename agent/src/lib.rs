@@ -27,6 +27,7 @@ pub mod link;
 pub mod master;
 pub mod mesos;
 pub mod metrics;
+pub mod netservices;
 pub mod operator_api;
 pub mod overlay;
 pub mod resources;

@@ -488,7 +488,10 @@ pub(crate) fn container_config(
             ));
         }
     };
-    let (options, extra) = isolation_of(task, settings.seccomp_config_dir.as_deref())?;
+    let (mut options, extra) = isolation_of(task, settings.seccomp_config_dir.as_deref())?;
+    if network == NetworkMode::Bridge {
+        options.resolv_conf = settings.container_resolv_conf.clone();
+    }
     // An image brings its own PATH (and HOME follows its user): the containerizer fills them
     // in after the image's Env.
     let mut env = Vec::new();

@@ -185,6 +185,15 @@ impl FilesystemIsolator {
                 &["bind", "ro", "nosuid", "nodev", "noexec"],
             ));
         }
+        // berth's DNS for bridge/overlay tasks: its resolv.conf over the host's.
+        if let Some(resolv) = &spec.options.resolv_conf {
+            mounts.push(mount(
+                "/etc/resolv.conf",
+                "bind",
+                Some(resolv),
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+        }
         for h in &self.paths.hidden {
             mounts.push(mount(
                 h.to_str().expect("checked in new"),

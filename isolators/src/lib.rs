@@ -199,6 +199,10 @@ pub struct IsolationOptions {
     /// Node ports forwarded to the container (`--network bridge` only).
     #[serde(default)]
     pub port_mappings: Vec<PortMappingSpec>,
+    /// A host file to use as the container's `/etc/resolv.conf` (bridge and overlay tasks on a
+    /// node running berth's DNS); `None` keeps the host's.
+    #[serde(default)]
+    pub resolv_conf: Option<std::path::PathBuf>,
     /// Capabilities added to the default set (`CAP_` prefix optional, case-insensitive, "ALL").
     #[serde(default)]
     pub cap_add: Vec<String>,

@@ -176,7 +176,8 @@ impl BridgeIsolator {
         })
     }
 
-    fn ensure_bridge(&self) -> Result<(), IsolatorError> {
+    /// Creates the node bridge (once per run; idempotent) and enables IP forwarding.
+    pub fn ensure_bridge(&self) -> Result<(), IsolatorError> {
         let mut ready = self.bridge_ready.lock().expect("bridge lock");
         if *ready {
             return Ok(());

@@ -20,7 +20,11 @@ struct TestNetns(String);
 
 impl TestNetns {
     fn create() -> Self {
-        let name = format!("bt{}-bridge", std::process::id());
+        Self::create_named("bridge")
+    }
+
+    fn create_named(tag: &str) -> Self {
+        let name = format!("bt{}-{tag}", std::process::id());
         let status = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -182,6 +186,91 @@ fn bridge_tasks_reach_each_other_and_the_node() {
                 let nft = Command::new("nft").args(["list", "table", "ip", "berth"]).output().unwrap();
                 let table = String::from_utf8_lossy(&nft.stdout);
                 assert!(!table.contains("18080"), "mapping of a kept: {table}");
+                drop(agent);
+            })
+            .join()
+            .expect("the test thread");
+    });
+}
+
+fn named_server(name: &str) -> String {
+    format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'{name}')\n  c.close()\n"
+    )
+}
+
+fn vip_backends(agent: &Agent) -> Vec<String> {
+    let view = agent.berth(&["net", "ls", "--json"]).json();
+    view["load_balancer"]["vips"]
+        .as_object()
+        .and_then(|vips| vips.iter().find(|(k, _)| k.contains("web.l4lb")))
+        .and_then(|(_, b)| b.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b.as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
+    if !require_privileges() {
+        return;
+    }
+    let netns = TestNetns::create_named("vip");
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns.enter();
+                let agent = Agent::start_with(&["--network-services"]);
+                for n in 1..=3 {
+                    let name = format!("w{n}");
+                    agent
+                        .berth(&[
+                            "run", "-d", "--cpus", "0.1", "--mem", "48M", "--network", "bridge",
+                            "--name", &name, "--label", "VIP_0=/web:80", "--", "python3", "-c",
+                            &named_server(&name),
+                        ])
+                        .assert_success();
+                }
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                while vip_backends(&agent).len() != 3 {
+                    assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
+                    thread::sleep(Duration::from_millis(100));
+                }
+                let vip = berth_net::lb::vip_address("web", "11.0.0.0/8".parse().unwrap());
+                // 300 connections from the node to the VIP spread over the three backends.
+                let mut counts = std::collections::BTreeMap::<String, usize>::new();
+                for _ in 0..300 {
+                    let greeting = greeting_of(SocketAddrV4::new(vip, 80));
+                    *counts.entry(greeting).or_default() += 1;
+                }
+                assert_eq!(counts.len(), 3, "{counts:?}");
+                for (name, n) in &counts {
+                    assert!((60..=135).contains(n), "{name} got {n} of 300: {counts:?}");
+                }
+                // DNS from inside a container: the VIP's name, and a connection through it.
+                let client = "import socket\nip=socket.gethostbyname('web.l4lb.berth.directory')\ns=socket.create_connection((ip,80),10)\nprint(ip, s.recv(100).decode())\n";
+                let out = agent.berth(&[
+                    "run", "--cpus", "0.1", "--mem", "48M", "--network", "bridge", "--", "python3",
+                    "-c", client,
+                ]);
+                out.assert_success();
+                let printed = out.stdout.trim().to_string();
+                assert!(printed.starts_with(&format!("{vip} w")), "{printed}");
+                // A killed backend leaves the VIP; new connections never reach it.
+                agent.berth(&["kill", "w1"]).assert_success();
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                while vip_backends(&agent).len() != 2 {
+                    assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
+                    thread::sleep(Duration::from_millis(50));
+                }
+                for _ in 0..100 {
+                    let greeting = greeting_of(SocketAddrV4::new(vip, 80));
+                    assert_ne!(greeting, "w1", "a killed backend got a new connection");
+                }
+                for name in ["w2", "w3"] {
+                    agent.berth(&["kill", name]).assert_success();
+                }
                 drop(agent);
             })
             .join()

@@ -88,6 +88,27 @@ pub fn render(view: &Value) -> String {
             out.push_str(&format!("{:<18} {}\n", text(&peer[0]), text(&peer[1])));
         }
     }
+    if let Some(vips) = view["load_balancer"]["vips"].as_object()
+        && !vips.is_empty()
+    {
+        out.push_str(&format!("\n{:<52} {}\n", "VIP", "BACKENDS"));
+        for (vip, backends) in vips {
+            let list: Vec<String> = backends
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            out.push_str(&format!("{vip:<52} {}\n", list.join(" ")));
+        }
+    }
+    for error in view["load_balancer"]["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("VIP label error: {}\n", text(error)));
+    }
     if let Some(leases) = bridge["leases"].as_object()
         && !leases.is_empty()
     {

@@ -91,11 +91,16 @@ impl FilesystemIsolator {
         let dir = etc_dir(&spec.sandbox);
         std::fs::create_dir_all(&dir)
             .map_err(|e| io_err(format!("create {}", dir.display()), e))?;
-        let host_etc = self.paths.host_root.join("etc/resolv.conf");
+        let host_etc = spec
+            .options
+            .resolv_conf
+            .clone()
+            .unwrap_or_else(|| self.paths.host_root.join("etc/resolv.conf"));
         let host = std::fs::read_to_string(&host_etc).unwrap_or_default();
         let upstream =
             std::fs::read_to_string(self.paths.host_root.join("run/systemd/resolve/resolv.conf"))
-                .ok();
+                .ok()
+                .filter(|_| spec.options.resolv_conf.is_none());
         let files = [
             ("hosts", hosts_file(&spec.hostname)),
             ("hostname", format!("{}\n", spec.hostname)),

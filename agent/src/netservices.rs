@@ -1,0 +1,218 @@
+//! The node's network services for bridge and overlay tasks (`--network-services`, implied by
+//! `--overlay`): the node bridge made at start with a route for the VIP range, the L4 load
+//! balancer ([`crate::l4lb`]) and the DNS server (`berth_net::dns`) on the bridge gateway, port 53,
+//! both fed from the cluster's task list; and the resolv.conf bridge containers get (the gateway
+//! as nameserver, `berth.directory` searched).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use berth_net::{
+    Ipv4Net,
+    dns::{DnsServer, DnsServerConfig, DnsTable, TaskRecord as DnsTask, VipRecord, host_upstreams},
+    isolator::BridgeIsolator,
+    lb::{LoadBalancer, VipTarget, parse_vip_labels},
+    nft::{NftConfig, NftExec},
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::l4lb::{self, LbStatus, ServiceTask};
+
+/// The running services.
+pub struct NetServices {
+    /// The load balancer's state, for `berth net`.
+    pub lb: watch::Receiver<LbStatus>,
+    /// The DNS server's address.
+    pub dns: SocketAddr,
+    /// The resolv.conf bridge containers get.
+    pub resolv_conf: PathBuf,
+    _server: DnsServer,
+}
+
+/// Starts the services on the node bridge; `tasks` is the cluster's task list.
+pub async fn start(
+    bridge: Arc<BridgeIsolator>,
+    nft: Arc<dyn NftExec>,
+    tasks: watch::Receiver<Vec<ServiceTask>>,
+    runtime_dir: &Path,
+) -> anyhow::Result<NetServices> {
+    let vip_range: Ipv4Net = l4lb::VIP_RANGE.parse().expect("valid range");
+    bridge
+        .ensure_bridge()
+        .context("creating the node bridge for the network services")?;
+    let gateway = bridge.config().gateway();
+    // The load balancer.
+    let cfg = NftConfig {
+        hairpin_subnets: vec![bridge.config().subnet],
+        ..NftConfig::default()
+    };
+    let lb = LoadBalancer::new(nft, cfg);
+    lb.ensure_table()
+        .context("the nftables table of the load balancer")?;
+    let lb_status = l4lb::spawn(lb, tasks.clone(), vip_range);
+    // DNS on the gateway: the node's own resolvers upstream (a loopback stub is unreachable
+    // from containers, so it is skipped).
+    let upstreams = host_upstreams(Path::new("/"), true).unwrap_or_else(|err| {
+        warn!(error = %err, "no upstream resolvers: only berth.directory names will resolve");
+        Vec::new()
+    });
+    let table = Arc::new(DnsTable::default());
+    let listen = SocketAddr::new(IpAddr::V4(gateway), 53);
+    let server = DnsServer::bind(DnsServerConfig::new(listen, upstreams), table.clone())
+        .await
+        .with_context(|| format!("DNS server on {listen}"))?;
+    tokio::spawn(fill_dns(table, tasks, vip_range));
+    let dir = runtime_dir.join("dns");
+    std::fs::create_dir_all(&dir)?;
+    let resolv_conf = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        berth_net::bridge::resolv_conf(
+            &[IpAddr::V4(gateway)],
+            &["berth.directory".to_string()],
+            &["ndots:2".to_string()],
+        ),
+    )?;
+    info!(dns = %listen, vips = %vip_range, "node network services ready");
+    Ok(NetServices {
+        lb: lb_status,
+        dns: listen,
+        resolv_conf,
+        _server: server,
+    })
+}
+
+/// Keeps the DNS table in step with the tasks: VIP names of running backends, task names of
+/// running tasks with an address.
+async fn fill_dns(
+    table: Arc<DnsTable>,
+    mut tasks: watch::Receiver<Vec<ServiceTask>>,
+    range: Ipv4Net,
+) {
+    loop {
+        let current = tasks.borrow_and_update().clone();
+        let (vips, records) = dns_records(&current, range);
+        table.replace_all(vips, records);
+        if tasks.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The DNS records of `tasks`.
+pub fn dns_records(tasks: &[ServiceTask], range: Ipv4Net) -> (Vec<VipRecord>, Vec<DnsTask>) {
+    let mut vips: Vec<VipRecord> = Vec::new();
+    let mut records = Vec::new();
+    for task in tasks.iter().filter(|t| t.serving) {
+        let labels = task
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("VIP_") && !k.ends_with("_PROTOCOL"))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        for vip in parse_vip_labels(labels).unwrap_or_default() {
+            if let VipTarget::Named(name) = vip.target
+                && !vips.iter().any(|v| v.name == name)
+            {
+                vips.push(VipRecord::named(&name, range));
+            }
+        }
+        if let Some(ip) = task.ip {
+            records.push(DnsTask {
+                task_id: task.task_id.clone(),
+                name: task.name.clone(),
+                framework: task.framework.clone(),
+                ips: vec![IpAddr::V4(ip)],
+                ports: Vec::new(),
+            });
+        }
+    }
+    (vips, records)
+}
+
+/// The address of a named VIP (for tests and `berth net`).
+pub fn vip_address(name: &str) -> Ipv4Addr {
+    berth_net::lb::vip_address(name, l4lb::VIP_RANGE.parse().expect("valid range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_has_vips_of_serving_backends_and_task_names() {
+        let range: Ipv4Net = l4lb::VIP_RANGE.parse().unwrap();
+        let task = |id: &str, serving: bool| ServiceTask {
+            task_id: id.into(),
+            name: "web".into(),
+            framework: "marathon".into(),
+            labels: vec![("VIP_0".into(), "/web:80".into())],
+            ip: Some("9.0.1.2".parse().unwrap()),
+            serving,
+        };
+        let (vips, records) =
+            dns_records(&[task("a", true), task("b", true), task("c", false)], range);
+        assert_eq!(vips.len(), 1);
+        assert_eq!(vips[0].addr, vip_address("web"));
+        assert_eq!(records.len(), 2);
+        let (vips, records) = dns_records(&[task("c", false)], range);
+        assert!(vips.is_empty() && records.is_empty());
+    }
+}
+
+/// The agent's own tasks as service tasks, refreshed every 250 ms (a single node's view; the
+/// cluster-wide list comes from the master's operator event stream when there is one).
+pub fn local_tasks(agent: Arc<crate::agent::Agent>) -> watch::Receiver<Vec<ServiceTask>> {
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let tasks: Vec<ServiceTask> = agent.tasks().iter().map(service_task).collect();
+            tx.send_if_modified(|current| {
+                if *current == tasks {
+                    false
+                } else {
+                    *current = tasks;
+                    true
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn service_task(record: &crate::task::TaskRecord) -> ServiceTask {
+    let labels = record.task_info["labels"]["labels"]
+        .as_array()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|l| {
+                    Some((
+                        l["key"].as_str()?.to_string(),
+                        l["value"].as_str().unwrap_or("").to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ServiceTask {
+        task_id: record.id.clone(),
+        name: record.name.clone(),
+        framework: record.framework_info["name"]
+            .as_str()
+            .unwrap_or(&record.framework_id)
+            .to_string(),
+        labels,
+        ip: record.ip.as_deref().and_then(|ip| ip.parse().ok()),
+        serving: record.state == "TASK_RUNNING",
+    }
+}
