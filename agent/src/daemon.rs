@@ -223,6 +223,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         },
     )?;
     let mut isolators = isolators;
+    check_network_ranges(&flags)?;
     // The node subnet: leased on the overlay, or --bridge-subnet.
     let overlay = if flags.overlay {
         Some(join_overlay(&flags, bound).await?)
@@ -528,4 +529,29 @@ async fn join_overlay(
         state_file: flags.work_dir.join("meta").join("overlay.json"),
     })
     .await
+}
+
+/// Refuses overlapping network ranges before anything is set up: the bridge subnet (without
+/// --overlay), the overlay pool (with it) and the VIP range must not overlap.
+fn check_network_ranges(flags: &AgentFlags) -> anyhow::Result<()> {
+    let parse = |flag: &str, value: &str| -> anyhow::Result<berth_net::Ipv4Net> {
+        value
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))
+    };
+    let vips: berth_net::Ipv4Net = crate::l4lb::VIP_RANGE.parse().expect("valid range");
+    let mut nets = vec![("the VIP range", vips)];
+    if flags.overlay {
+        nets.push((
+            "--overlay-pool",
+            parse("--overlay-pool", &flags.overlay_pool)?,
+        ));
+    } else {
+        nets.push((
+            "--bridge-subnet",
+            parse("--bridge-subnet", &flags.bridge_subnet)?,
+        ));
+    }
+    berth_net::ipam::check_disjoint(&nets).context("network ranges")?;
+    Ok(())
 }

@@ -268,7 +268,23 @@ fn vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
                     let greeting = greeting_of(SocketAddrV4::new(vip, 80));
                     assert_ne!(greeting, "w1", "a killed backend got a new connection");
                 }
-                for name in ["w2", "w3"] {
+                // A VIP label typo is reported (the task still runs; it is no backend).
+                agent
+                    .berth(&[
+                        "run", "-d", "--cpus", "0.1", "--mem", "48M", "--network", "bridge",
+                        "--name", "typo", "--label", "VIP_0=web:80", "--", "sleep", "300",
+                    ])
+                    .assert_success();
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                loop {
+                    let ls = agent.berth(&["net", "ls"]);
+                    if ls.stdout.contains("VIP label error") && ls.stdout.contains("VIP_0") {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "no label error shown:\n{}", ls.stdout);
+                    thread::sleep(Duration::from_millis(100));
+                }
+                for name in ["w2", "w3", "typo"] {
                     agent.berth(&["kill", name]).assert_success();
                 }
                 drop(agent);
@@ -276,4 +292,34 @@ fn vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
             .join()
             .expect("the test thread");
     });
+}
+
+#[test]
+fn overlapping_network_ranges_are_refused_at_start() {
+    if !require_privileges() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let run = dir.path().join("run");
+    let out = berth_tests::berth_no_agent(&[
+        "agent",
+        "--dev",
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--runtime-dir",
+        run.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--cgroup-base",
+        &format!("berth-test-{}-ranges", std::process::id()),
+        "--bridge-subnet",
+        "11.2.0.0/24",
+    ]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("overlaps") && out.stderr.contains("11.2.0.0/24"),
+        "{}",
+        out.stderr
+    );
 }
