@@ -144,6 +144,16 @@ impl BridgeIsolator {
         &self.config
     }
 
+    /// Every port mapping with the container that owns it.
+    pub fn mappings(&self) -> Vec<(String, PortMapping)> {
+        self.ports
+            .lock()
+            .expect("ports lock")
+            .as_ref()
+            .map(PortMapper::mappings)
+            .unwrap_or_default()
+    }
+
     /// What `berth net inspect` shows: the bridge, its leases and the port mappings.
     pub fn report(&self) -> serde_json::Value {
         let leases: BTreeMap<String, String> = self
@@ -155,17 +165,10 @@ impl BridgeIsolator {
             .map(|(owner, ip)| (owner, ip.to_string()))
             .collect();
         let mappings: Vec<serde_json::Value> = self
-            .ports
-            .lock()
-            .expect("ports lock")
-            .as_ref()
-            .map(|m| {
-                m.mappings()
-                    .into_iter()
-                    .map(|(owner, m)| serde_json::json!({"container_id": owner, "mapping": m}))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .mappings()
+            .into_iter()
+            .map(|(owner, m)| serde_json::json!({"container_id": owner, "mapping": m}))
+            .collect();
         serde_json::json!({
             "bridge": self.config.name,
             "subnet": self.config.subnet.to_string(),
@@ -293,12 +296,7 @@ impl Isolator for BridgeIsolator {
         if self.address_of(id).is_none() {
             return Ok(());
         }
-        let has_ports = self
-            .ports
-            .lock()
-            .expect("ports lock")
-            .as_ref()
-            .is_some_and(|m| m.mappings().iter().any(|(owner, _)| owner == id));
+        let has_ports = self.mappings().iter().any(|(owner, _)| owner == id);
         if has_ports {
             self.with_ports(|mapper| {
                 mapper
@@ -354,18 +352,11 @@ impl Isolator for BridgeIsolator {
             Some(ip) => serde_json::json!({
                 "network": "bridge",
                 "port_mappings": self
-                    .ports
-                    .lock()
-                    .expect("ports lock")
-                    .as_ref()
-                    .map(|m| {
-                        m.mappings()
-                            .into_iter()
-                            .filter(|(owner, _)| owner == id)
-                            .map(|(_, m)| m)
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default(),
+                    .mappings()
+                    .into_iter()
+                    .filter(|(owner, _)| owner == id)
+                    .map(|(_, m)| m)
+                    .collect::<Vec<_>>(),
                 "bridge": self.config.name,
                 "ip": ip.to_string(),
                 "gateway": self.config.gateway().to_string(),

@@ -1349,3 +1349,17 @@ pub fn wait_paths_gone(paths: &[PathBuf], timeout: Duration) {
         paths.iter().all(|p| !p.exists()).then_some(())
     })
 }
+
+/// The container address `berth inspect` reports for a bridge or overlay task (the
+/// `network/bridge` isolator's description), wherever it sits in the document.
+pub fn bridge_ip_of(inspect: &Value) -> Option<std::net::Ipv4Addr> {
+    match inspect {
+        Value::Object(map) => map
+            .get("network/bridge")
+            .and_then(|b| b["ip"].as_str())
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| map.values().find_map(bridge_ip_of)),
+        Value::Array(items) => items.iter().find_map(bridge_ip_of),
+        _ => None,
+    }
+}

@@ -13,7 +13,6 @@ use std::{
 };
 
 use berth_tests::{Agent, require_privileges, scaled};
-use serde_json::Value;
 
 /// A network namespace made by the test, deleted on every path.
 struct TestNetns(String);
@@ -50,18 +49,6 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn find_ip(value: &Value) -> Option<Ipv4Addr> {
-    match value {
-        Value::Object(map) => map
-            .get("network/bridge")
-            .and_then(|b| b["ip"].as_str())
-            .and_then(|ip| ip.parse().ok())
-            .or_else(|| map.values().find_map(find_ip)),
-        Value::Array(items) => items.iter().find_map(find_ip),
-        _ => None,
     }
 }
 
@@ -117,7 +104,7 @@ fn bridge_tasks_reach_each_other_and_the_node() {
                 a.assert_success();
                 let inspect = agent.berth(&["inspect", "a"]);
                 inspect.assert_success();
-                let ip_a = find_ip(&inspect.json()).expect("task a has a bridge address");
+                let ip_a = berth_tests::bridge_ip_of(&inspect.json()).expect("task a has a bridge address");
                 let subnet_base = u32::from(Ipv4Addr::new(9, 0, 1, 0));
                 assert_eq!(u32::from(ip_a) & 0xffff_ff00, subnet_base, "{ip_a}");
                 // The node reaches the task's server over the bridge, and through the node port

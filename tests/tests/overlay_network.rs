@@ -14,7 +14,6 @@
 mod zk_server;
 
 use std::{
-    net::Ipv4Addr,
     os::fd::AsRawFd,
     process::Command,
     sync::mpsc,
@@ -177,18 +176,6 @@ impl Drop for InNetns {
     }
 }
 
-fn find_ip(value: &Value) -> Option<Ipv4Addr> {
-    match value {
-        Value::Object(map) => map
-            .get("network/bridge")
-            .and_then(|b| b["ip"].as_str())
-            .and_then(|ip| ip.parse().ok())
-            .or_else(|| map.values().find_map(find_ip)),
-        Value::Array(items) => items.iter().find_map(find_ip),
-        _ => None,
-    }
-}
-
 fn overlay_entries() -> (String, String, String) {
     let run = |args: &[&str]| {
         let out = Command::new(args[0])
@@ -342,7 +329,8 @@ fn overlay_across_three_nodes_with_a_node_dying_and_coming_back() {
                 SERVER,
             ])
             .assert_success();
-        find_ip(&agent.berth(&["inspect", "srv"]).json()).expect("the server's overlay address")
+        berth_tests::bridge_ip_of(&agent.berth(&["inspect", "srv"]).json())
+            .expect("the server's overlay address")
     });
     let client = format!(
         "import socket,time\n\
