@@ -806,7 +806,23 @@ impl EmbeddedMaster {
     pub fn agent_registered(&self, registration: AgentRegistration, port: Arc<dyn AgentPort>) {
         let agent_id = registration.id.clone().unwrap_or_default();
         let mut state = self.state.lock().expect("master lock");
-        for task in &registration.tasks {
+        // The agent first, then its tasks (subscribers see AGENT_ADDED before TASK_ADDED).
+        let tasks = registration.tasks.clone();
+        let newly_reachable = state.agents.get(&agent_id).is_none_or(|a| !a.reachable);
+        info!(agent_id = %agent_id, hostname = %registration.hostname, resources = %registration.resources, tasks = registration.tasks.len(), "agent registered");
+        state.agents.insert(
+            agent_id.clone(),
+            AgentEntry {
+                registration,
+                port,
+                reachable: true,
+                registered_at: task::now(),
+            },
+        );
+        if newly_reachable {
+            self.operator.agent_added(&state, &agent_id);
+        }
+        for task in &tasks {
             let known = state
                 .tasks
                 .get(&task.task_id.value)
@@ -831,7 +847,12 @@ impl EmbeddedMaster {
                 },
             );
             match known {
+                // Unknown, or back from a terminal state (TASK_LOST while its agent was away):
+                // subscribers get the whole task.
                 None => self.operator.task_added(&state, &task.task_id.value),
+                Some((before, _)) if task::is_terminal(before.as_str_name()) => {
+                    self.operator.task_added(&state, &task.task_id.value)
+                }
                 Some((before, _)) if before != task.state() => {
                     let status = task.statuses.last().cloned().unwrap_or_else(|| {
                         let mut status = mesos::TaskStatus {
@@ -849,20 +870,6 @@ impl EmbeddedMaster {
                 }
                 Some(_) => {}
             }
-        }
-        let newly_reachable = state.agents.get(&agent_id).is_none_or(|a| !a.reachable);
-        info!(agent_id = %agent_id, hostname = %registration.hostname, resources = %registration.resources, tasks = registration.tasks.len(), "agent registered");
-        state.agents.insert(
-            agent_id.clone(),
-            AgentEntry {
-                registration,
-                port,
-                reachable: true,
-                registered_at: task::now(),
-            },
-        );
-        if newly_reachable {
-            self.operator.agent_added(&state, &agent_id);
         }
         Self::allocate_agent(&mut state, &agent_id);
     }
