@@ -6,10 +6,7 @@
 //! Every wait is "until X is observed", bounded by a generous hang guard: nothing asserts on
 //! wall-clock time.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use berth_agent::mesos::{
     detector::MasterLeader,
@@ -614,7 +611,9 @@ fn bad_calls_are_refused_with_4xx_or_501() {
     runtime().block_on(async {
         let json = Some(ContentType::JSON);
         let body = |v: Value| serde_json::to_vec(&v).unwrap();
-        let cases: Vec<(&str, Option<&str>, Option<&str>, Vec<u8>, u16)> = vec![
+        // (what, Content-Type, Accept, body, expected status)
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<u8>, u16);
+        let cases: Vec<Case> = vec![
             (
                 "no Content-Type",
                 None,
