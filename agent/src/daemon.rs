@@ -364,15 +364,14 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         let nft: Arc<dyn berth_net::nft::NftExec> = Arc::new(
             berth_net::nft::NftNetlink::new().context("nftables netlink for the load balancer")?,
         );
-        let services = crate::netservices::start(
-            net_view.bridge.clone(),
-            nft,
-            crate::netservices::local_tasks(agent.clone()),
-            &flags.runtime_dir,
-        )
-        .await?;
+        // The whole cluster's tasks (VIP backends anywhere, DNS names of every task), from the
+        // leading master's operator event stream.
+        let (stream, tasks) = crate::netservices::cluster_tasks(detector.leader());
+        let services =
+            crate::netservices::start(net_view.bridge.clone(), nft, tasks, &flags.runtime_dir)
+                .await?;
         net_view.lb = Some(services.lb.clone());
-        Some(services)
+        Some((services, stream))
     } else {
         None
     };

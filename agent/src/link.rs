@@ -60,6 +60,11 @@ pub trait AgentPort: Send + Sync {
     fn acknowledge(&self, framework_id: &str, task_id: &str, uuid: &[u8]);
     /// Kills every task of the framework.
     fn shutdown_framework(&self, framework_id: &str);
+    /// The agent's libprocess pid (`slave(1)@IP:PORT`) when the port is a remote agent, for the
+    /// master's operator API.
+    fn pid(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The agent as its side of the link sees it.

@@ -139,59 +139,6 @@ pub fn vip_address(name: &str) -> Ipv4Addr {
     berth_net::lb::vip_address(name, l4lb::VIP_RANGE.parse().expect("valid range"))
 }
 
-/// The agent's own tasks as service tasks, refreshed every 250 ms (a single node's view; the
-/// cluster-wide list comes from the master's operator event stream when there is one).
-pub fn local_tasks(agent: Arc<crate::agent::Agent>) -> watch::Receiver<Vec<ServiceTask>> {
-    let (tx, rx) = watch::channel(Vec::new());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            let tasks: Vec<ServiceTask> = agent.tasks().iter().map(service_task).collect();
-            tx.send_if_modified(|current| {
-                if *current == tasks {
-                    false
-                } else {
-                    *current = tasks;
-                    true
-                }
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn service_task(record: &crate::task::TaskRecord) -> ServiceTask {
-    let labels = record.task_info["labels"]["labels"]
-        .as_array()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|l| {
-                    Some((
-                        l["key"].as_str()?.to_string(),
-                        l["value"].as_str().unwrap_or("").to_string(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    ServiceTask {
-        task_id: record.id.clone(),
-        name: record.name.clone(),
-        framework: record.framework_info["name"]
-            .as_str()
-            .unwrap_or(&record.framework_id)
-            .to_string(),
-        labels,
-        ip: record.ip.as_deref().and_then(|ip| ip.parse().ok()),
-        serving: record.state == "TASK_RUNNING",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,4 +162,56 @@ mod tests {
         let (vips, records) = dns_records(&[task("c", false)], range);
         assert!(vips.is_empty() && records.is_empty());
     }
+}
+
+/// The cluster's tasks as service tasks, from the leading master's operator event stream
+/// (`mesos::operator_stream`: a Mesos 1.x master or berth's own, `--dev` included). The
+/// returned guard keeps the stream open.
+pub fn cluster_tasks(
+    leader: watch::Receiver<Option<crate::mesos::detector::MasterLeader>>,
+) -> (
+    crate::mesos::operator_stream::ClusterTasks,
+    watch::Receiver<Vec<ServiceTask>>,
+) {
+    let stream = crate::mesos::operator_stream::ClusterTasks::start(leader);
+    let mut state = stream.state();
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        loop {
+            let tasks: Vec<ServiceTask> = state
+                .borrow_and_update()
+                .tasks
+                .values()
+                .map(|task| ServiceTask {
+                    task_id: task.id.clone(),
+                    name: task.name.clone(),
+                    framework: task.framework_name.clone(),
+                    // VIP labels may sit on the task or on its discovery ports (Marathon).
+                    labels: task
+                        .labels
+                        .iter()
+                        .chain(task.ports.iter().flat_map(|p| p.labels.iter()))
+                        .cloned()
+                        .collect(),
+                    ip: task.ips.iter().find_map(|ip| match ip {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    }),
+                    serving: task.is_serving(),
+                })
+                .collect();
+            tx.send_if_modified(|current| {
+                if *current == tasks {
+                    false
+                } else {
+                    *current = tasks;
+                    true
+                }
+            });
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (stream, rx)
 }

@@ -175,6 +175,7 @@ impl TaskRecord {
             status_update_state: unacked.map(|s| state_of(&s.state)),
             status_update_uuid: unacked.and_then(|s| hex_decode(&s.uuid)),
             labels: info.as_ref().and_then(|i| i.labels.clone()),
+            discovery: info.as_ref().and_then(|i| i.discovery.clone()),
             container: info.as_ref().and_then(|i| i.container.clone()),
             kill_policy: info.as_ref().and_then(|i| i.kill_policy),
             user: None,

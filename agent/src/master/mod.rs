@@ -1,6 +1,7 @@
 //! berth's embedded master (`berth agent --dev`, `berth master`): an offer-based allocator for the
 //! agents registered with it over the Mesos agent wire protocol ([`wire`]), serving the Mesos v1
-//! scheduler HTTP API ([`scheduler_api`]).
+//! scheduler HTTP API ([`scheduler_api`]) and the v1 master operator API with its event stream
+//! ([`operator`]).
 //!
 //! Allocation follows Mesos: each agent's resources not held by tasks or by outstanding offers
 //! are offered whole to one subscribed framework at a time (round-robin), skipping frameworks that are
@@ -10,6 +11,7 @@
 //! rescinded and, after its `failover_timeout`, its tasks killed.
 
 pub mod contender;
+pub mod operator;
 pub mod scheduler_api;
 pub mod server;
 pub mod wire;
@@ -60,12 +62,15 @@ struct MasterTask {
     resources: ResourceSet,
     state: mesos::TaskState,
     latest: Option<mesos::TaskStatus>,
+    /// The task as the operator API reports it (name, labels, discovery, container, statuses).
+    info: mesos::Task,
 }
 
 struct AgentEntry {
     registration: AgentRegistration,
     port: Arc<dyn AgentPort>,
     reachable: bool,
+    registered_at: f64,
 }
 
 /// An agent as the master's state shows it.
@@ -109,6 +114,7 @@ pub struct EmbeddedMaster {
     address: SocketAddr,
     hostname: String,
     state: Mutex<State>,
+    operator: operator::OperatorHub,
 }
 
 impl EmbeddedMaster {
@@ -119,6 +125,7 @@ impl EmbeddedMaster {
             address,
             hostname: hostname.to_string(),
             state: Mutex::new(State::default()),
+            operator: operator::OperatorHub::default(),
         })
     }
 
@@ -244,6 +251,7 @@ impl EmbeddedMaster {
             }
             let rescinded = rescind_offers_of(&mut state, &framework_id);
             debug!(framework_id, rescinded, "subscribe");
+            let added = !state.frameworks.contains_key(&framework_id);
             state.frameworks.insert(
                 framework_id.clone(),
                 Framework {
@@ -254,6 +262,8 @@ impl EmbeddedMaster {
                     disconnected_at: None,
                 },
             );
+            self.operator
+                .framework_changed(&state, &framework_id, added);
         }
         info!(framework_id, "framework subscribed");
         self.allocate();
@@ -272,6 +282,7 @@ impl EmbeddedMaster {
         framework.stream = None;
         framework.disconnected_at = Some(Instant::now());
         rescind_offers_of(&mut state, framework_id);
+        self.operator.framework_changed(&state, framework_id, false);
         drop(state);
         info!(framework_id, "framework disconnected");
         self.expire();
@@ -434,6 +445,7 @@ impl EmbeddedMaster {
             let mut state = self.state.lock().expect("master lock");
             rescind_offers_of(&mut state, framework_id);
             if let Some(framework) = state.frameworks.remove(framework_id) {
+                self.operator.framework_removed(&framework.info);
                 drop(framework.stream);
             }
         }
@@ -551,16 +563,19 @@ impl EmbeddedMaster {
                         }
                         None => {
                             offered.subtract(&resources);
+                            let info = operator::task_from_info(&framework_info, &task, &agent_id);
                             state.tasks.insert(
-                                task_id,
+                                task_id.clone(),
                                 MasterTask {
                                     framework_id: framework_id.to_string(),
                                     agent_id: agent_id.clone(),
                                     resources,
                                     state: mesos::TaskState::TaskStaging,
                                     latest: None,
+                                    info,
                                 },
                             );
+                            self.operator.task_added(&state, &task_id);
                             launches.push(task);
                         }
                     }
@@ -796,7 +811,35 @@ impl EmbeddedMaster {
     pub fn agent_registered(&self, registration: AgentRegistration, port: Arc<dyn AgentPort>) {
         let agent_id = registration.id.clone().unwrap_or_default();
         let mut state = self.state.lock().expect("master lock");
-        for task in &registration.tasks {
+        // The agent first, then its tasks (subscribers see AGENT_ADDED before TASK_ADDED).
+        let tasks = registration.tasks.clone();
+        let newly_reachable = state.agents.get(&agent_id).is_none_or(|a| !a.reachable);
+        info!(agent_id = %agent_id, hostname = %registration.hostname, resources = %registration.resources, tasks = registration.tasks.len(), "agent registered");
+        state.agents.insert(
+            agent_id.clone(),
+            AgentEntry {
+                registration,
+                port,
+                reachable: true,
+                registered_at: task::now(),
+            },
+        );
+        if newly_reachable {
+            self.operator.agent_added(&state, &agent_id);
+        }
+        for task in &tasks {
+            let known = state
+                .tasks
+                .get(&task.task_id.value)
+                .map(|t| (t.state, t.info.clone()));
+            let mut info = match &known {
+                // The master's record keeps what the agent's report lacks (discovery...).
+                Some((_, info)) => info.clone(),
+                None => task.clone(),
+            };
+            for status in &task.statuses {
+                operator::record_status(&mut info, status);
+            }
             state.tasks.insert(
                 task.task_id.value.clone(),
                 MasterTask {
@@ -805,18 +848,34 @@ impl EmbeddedMaster {
                     resources: ResourceSet::from_proto(&task.resources),
                     state: task.state(),
                     latest: task.statuses.last().cloned(),
+                    info,
                 },
             );
+            match known {
+                // Unknown, or back from a terminal state (TASK_LOST while its agent was away):
+                // subscribers get the whole task.
+                None => self.operator.task_added(&state, &task.task_id.value),
+                Some((before, _)) if task::is_terminal(before.as_str_name()) => {
+                    self.operator.task_added(&state, &task.task_id.value)
+                }
+                Some((before, _)) if before != task.state() => {
+                    let status = task.statuses.last().cloned().unwrap_or_else(|| {
+                        let mut status = mesos::TaskStatus {
+                            task_id: task.task_id.clone(),
+                            agent_id: Some(mesos::AgentId {
+                                value: agent_id.clone(),
+                            }),
+                            timestamp: Some(task::now()),
+                            ..Default::default()
+                        };
+                        status.set_state(task.state());
+                        status
+                    });
+                    self.operator.task_updated(&state, &status);
+                }
+                Some(_) => {}
+            }
         }
-        info!(agent_id = %agent_id, hostname = %registration.hostname, resources = %registration.resources, tasks = registration.tasks.len(), "agent registered");
-        state.agents.insert(
-            agent_id.clone(),
-            AgentEntry {
-                registration,
-                port,
-                reachable: true,
-            },
-        );
         Self::allocate_agent(&mut state, &agent_id);
     }
 
@@ -892,11 +951,14 @@ impl EmbeddedMaster {
             status.set_reason(mesos::task_status::Reason::AgentRemoved);
             status.set_source(mesos::task_status::Source::Master);
             task.latest = Some(status.clone());
+            operator::record_status(&mut task.info, &status);
             updates.push((task.framework_id.clone(), status));
         }
         for (framework_id, status) in updates {
+            self.operator.task_updated(&state, &status);
             Self::send(&state, &framework_id, update_event(status));
         }
+        self.operator.agent_removed(agent_id);
     }
 
     /// A status update from an agent.
@@ -913,6 +975,8 @@ impl EmbeddedMaster {
             task.state = status.state();
             task.latest = Some(status.clone());
             task.agent_id = agent_id.to_string();
+            operator::record_status(&mut task.info, &status);
+            self.operator.task_updated(&state, &status);
         }
         let connected = state
             .frameworks

@@ -1,5 +1,6 @@
 //! Running the embedded master: its own libprocess/HTTP server (the `master` process, the v1
-//! scheduler API, `/health`, `/state`), and, with ZooKeeper, its election.
+//! scheduler API, the v1 operator API at `/api/v1`, `/health`, `/state`), and, with ZooKeeper,
+//! its election.
 //!
 //! `berth master` runs one; `berth agent --dev` runs one in the agent's process on its own
 //! port, and the agent talks to it over the wire exactly as it would to a Mesos master.
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use super::{
-    EmbeddedMaster, contender, scheduler_api,
+    EmbeddedMaster, contender, operator, scheduler_api,
     wire::{MasterProcess, PingSettings},
 };
 use crate::{
@@ -118,6 +119,7 @@ pub async fn start_master(
         .route("/state", get(state))
         .route("/master/state", get(state))
         .route("/api/v1/scheduler", post(scheduler))
+        .route("/api/v1", post(operator_api))
         .with_state(http)
         .merge(libprocess::router(processes))
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -140,8 +142,8 @@ pub async fn start_master(
     })
 }
 
-/// Mesos masters that do not lead redirect scheduler calls to the leader.
-fn not_leading(http: &MasterHttp) -> Option<Response> {
+/// Mesos masters that do not lead redirect API calls (to `path`) to the leader.
+fn not_leading(http: &MasterHttp, path: &str) -> Option<Response> {
     if *http.leading.borrow() {
         return None;
     }
@@ -151,7 +153,7 @@ fn not_leading(http: &MasterHttp) -> Option<Response> {
             StatusCode::TEMPORARY_REDIRECT,
             [(
                 header::LOCATION,
-                format!("http://{}:{}/api/v1/scheduler", leader.ip, leader.port),
+                format!("http://{}{path}", SocketAddr::new(leader.ip, leader.port)),
             )],
             "not the leading master",
         )
@@ -161,10 +163,17 @@ fn not_leading(http: &MasterHttp) -> Option<Response> {
 }
 
 async fn scheduler(State(http): State<MasterHttp>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(redirect) = not_leading(&http) {
+    if let Some(redirect) = not_leading(&http, "/api/v1/scheduler") {
         return redirect;
     }
     scheduler_api::handle(http.master.clone(), headers, body).await
+}
+
+async fn operator_api(State(http): State<MasterHttp>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(redirect) = not_leading(&http, "/api/v1") {
+        return redirect;
+    }
+    operator::handle(http.master.clone(), &headers, &body).await
 }
 
 async fn state(State(http): State<MasterHttp>) -> Json<serde_json::Value> {

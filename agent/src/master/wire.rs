@@ -443,6 +443,10 @@ pub struct AgentHandle {
 }
 
 impl AgentPort for AgentHandle {
+    fn pid(&self) -> Option<String> {
+        Some(self.agent.to_string())
+    }
+
     fn run_task(&self, framework: &mesos::FrameworkInfo, task: mesos::TaskInfo) {
         self.transport.send(
             &self.agent,
