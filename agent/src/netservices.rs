@@ -139,31 +139,6 @@ pub fn vip_address(name: &str) -> Ipv4Addr {
     berth_net::lb::vip_address(name, l4lb::VIP_RANGE.parse().expect("valid range"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_has_vips_of_serving_backends_and_task_names() {
-        let range: Ipv4Net = l4lb::VIP_RANGE.parse().unwrap();
-        let task = |id: &str, serving: bool| ServiceTask {
-            task_id: id.into(),
-            name: "web".into(),
-            framework: "marathon".into(),
-            labels: vec![("VIP_0".into(), "/web:80".into())],
-            ip: Some("9.0.1.2".parse().unwrap()),
-            serving,
-        };
-        let (vips, records) =
-            dns_records(&[task("a", true), task("b", true), task("c", false)], range);
-        assert_eq!(vips.len(), 1);
-        assert_eq!(vips[0].addr, vip_address("web"));
-        assert_eq!(records.len(), 2);
-        let (vips, records) = dns_records(&[task("c", false)], range);
-        assert!(vips.is_empty() && records.is_empty());
-    }
-}
-
 /// The cluster's tasks as service tasks, from the leading master's operator event stream
 /// (`mesos::operator_stream`: a Mesos 1.x master or berth's own, `--dev` included). The
 /// returned guard keeps the stream open.
@@ -214,4 +189,29 @@ pub fn cluster_tasks(
         }
     });
     (stream, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_has_vips_of_serving_backends_and_task_names() {
+        let range: Ipv4Net = l4lb::VIP_RANGE.parse().unwrap();
+        let task = |id: &str, serving: bool| ServiceTask {
+            task_id: id.into(),
+            name: "web".into(),
+            framework: "marathon".into(),
+            labels: vec![("VIP_0".into(), "/web:80".into())],
+            ip: Some("9.0.1.2".parse().unwrap()),
+            serving,
+        };
+        let (vips, records) =
+            dns_records(&[task("a", true), task("b", true), task("c", false)], range);
+        assert_eq!(vips.len(), 1);
+        assert_eq!(vips[0].addr, vip_address("web"));
+        assert_eq!(records.len(), 2);
+        let (vips, records) = dns_records(&[task("c", false)], range);
+        assert!(vips.is_empty() && records.is_empty());
+    }
 }

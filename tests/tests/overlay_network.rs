@@ -356,6 +356,60 @@ print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip())\n"
         printed, "1048576 1400 1450",
         "bytes over TCP, UDP echo size, container MTU"
     );
+    // A VIP with a backend on node 1 and one on node 2, used by name from a task on node 3:
+    // every node balances over the cluster's backends (overlay addresses), DNS included.
+    for (i, name) in [(0usize, "b1"), (1, "b2")] {
+        let server = format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'{name}')\n  c.close()\n"
+        );
+        let name = name.to_string();
+        nodes[i].run(move |held| {
+            held.agent
+                .as_ref()
+                .unwrap()
+                .berth(&[
+                    "run",
+                    "-d",
+                    "--cpus",
+                    "0.1",
+                    "--mem",
+                    "48M",
+                    "--network",
+                    "overlay",
+                    "--name",
+                    &name,
+                    "--label",
+                    "VIP_0=/web:80",
+                    "--",
+                    "python3",
+                    "-c",
+                    &server,
+                ])
+                .assert_success();
+        });
+    }
+    let names = nodes[2].run(|held| {
+        let client = "import socket,time\nseen=set()\nfor i in range(600):\n  try:\n    s=socket.create_connection(('web.l4lb.berth.directory',80),2)\n    seen.add(s.recv(10).decode())\n    s.close()\n  except OSError:\n    time.sleep(0.1)\n  if len(seen)==2: break\nprint(' '.join(sorted(seen)))\n";
+        let out = held.agent.as_ref().unwrap().berth(&[
+            "run", "--cpus", "0.1", "--mem", "48M", "--network", "overlay", "--", "python3", "-c",
+            client,
+        ]);
+        out.assert_success();
+        out.stdout.trim().to_string()
+    });
+    assert_eq!(
+        names, "b1 b2",
+        "a VIP's backends on two other nodes, reached by name"
+    );
+    for (i, name) in [(0usize, "b1"), (1, "b2")] {
+        nodes[i].run(move |held| {
+            held.agent
+                .as_ref()
+                .unwrap()
+                .berth(&["kill", name])
+                .assert_success();
+        });
+    }
     // Node 3 dies: the others drop its entries once its lease (session) expires.
     let dead_subnet = subnets[2].clone();
     nodes[2].run(|held| held.agent.as_mut().unwrap().kill9());
