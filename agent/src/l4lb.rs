@@ -37,6 +37,9 @@ pub struct ServiceTask {
     pub ip: Option<Ipv4Addr>,
     /// Running, and not reported unhealthy.
     pub serving: bool,
+    /// Its service ports (Mesos `DiscoveryInfo`): number, protocol, name; published as DNS
+    /// SRV records.
+    pub ports: Vec<(u16, Proto, Option<String>)>,
 }
 
 /// What `berth net` shows of the load balancer.
@@ -204,6 +207,7 @@ mod tests {
                 .collect(),
             ip: Some(ip.parse().unwrap()),
             serving,
+            ports: Vec::new(),
         }
     }
 

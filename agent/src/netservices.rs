@@ -127,7 +127,15 @@ pub fn dns_records(tasks: &[ServiceTask], range: Ipv4Net) -> (Vec<VipRecord>, Ve
                 name: task.name.clone(),
                 framework: task.framework.clone(),
                 ips: vec![IpAddr::V4(ip)],
-                ports: Vec::new(),
+                ports: task
+                    .ports
+                    .iter()
+                    .map(|(port, protocol, name)| berth_net::dns::TaskPort {
+                        protocol: *protocol,
+                        port: *port,
+                        name: name.clone(),
+                    })
+                    .collect(),
             });
         }
     }
@@ -173,6 +181,17 @@ pub fn cluster_tasks(
                         IpAddr::V6(_) => None,
                     }),
                     serving: task.is_serving(),
+                    ports: task
+                        .ports
+                        .iter()
+                        .filter_map(|p| {
+                            let protocol = match p.protocol.as_deref() {
+                                Some("udp") => berth_net::nft::Proto::Udp,
+                                _ => berth_net::nft::Proto::Tcp,
+                            };
+                            Some((u16::try_from(p.number).ok()?, protocol, p.name.clone()))
+                        })
+                        .collect(),
                 })
                 .collect();
             tx.send_if_modified(|current| {
@@ -205,12 +224,18 @@ mod tests {
             labels: vec![("VIP_0".into(), "/web:80".into())],
             ip: Some("9.0.1.2".parse().unwrap()),
             serving,
+            ports: vec![(80, berth_net::nft::Proto::Tcp, Some("http".into()))],
         };
         let (vips, records) =
             dns_records(&[task("a", true), task("b", true), task("c", false)], range);
         assert_eq!(vips.len(), 1);
         assert_eq!(vips[0].addr, vip_address("web"));
         assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[0].ports.len(),
+            1,
+            "SRV records come from the discovery ports"
+        );
         let (vips, records) = dns_records(&[task("c", false)], range);
         assert!(vips.is_empty() && records.is_empty());
     }
