@@ -153,16 +153,12 @@ impl MasterProcess {
         }
     }
 
-    fn handle(&self, agent: Arc<dyn AgentPort>) -> Arc<dyn AgentPort> {
-        agent
-    }
-
     fn agent_handle(&self, agent_id: &str, pid: &Upid) -> Arc<dyn AgentPort> {
-        self.handle(Arc::new(AgentHandle {
+        Arc::new(AgentHandle {
             transport: self.transport.clone(),
             agent: pid.clone(),
             agent_id: agent_id.to_string(),
-        }))
+        })
     }
 
     /// Remembers the agent's pid and starts observing it.
