@@ -2,6 +2,8 @@
 //! test creates (so the node bridge, the veths and every packet stay in it): two tasks on the
 //! node bridge get distinct addresses from the node subnet, the node reaches a task's server, a
 //! task reaches the other's, and when the tasks end their veths and address leases are gone.
+//! The `cgroup_` tests also run in the cgroup v2 microVM phase of tests/run.sh (the Debian kernel's
+//! bridge, veth and nf_tables there).
 
 use std::{
     io::Read,
@@ -85,7 +87,7 @@ fn links_named_bv() -> Vec<String> {
 }
 
 #[test]
-fn bridge_tasks_reach_each_other_and_the_node() {
+fn cgroup_bridge_tasks_reach_each_other_and_the_node() {
     if !require_privileges() {
         return;
     }
@@ -199,7 +201,7 @@ fn vip_backends(agent: &Agent) -> Vec<String> {
 }
 
 #[test]
-fn vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
+fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
     if !require_privileges() {
         return;
     }
