@@ -25,6 +25,9 @@ use crate::{
 use crate::task_spec::container_config;
 pub use crate::task_spec::labels;
 
+/// The checkpoint of the agent id a master gave (`<work-dir>/meta/agent.json`, `{"id": ...}`).
+pub const AGENT_ID_FILE: &str = "agent.json";
+
 /// Static settings of the agent.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -857,7 +860,7 @@ impl AgentCore for Arc<Agent> {
             changed
         };
         if changed {
-            let path = self.settings.meta_dir.join("agent.json");
+            let path = self.settings.meta_dir.join(AGENT_ID_FILE);
             if let Err(err) = checkpoint::write_json(&path, &serde_json::json!({"id": agent_id})) {
                 warn!(agent_id, error = %err, "checkpointing the agent id failed");
             }
@@ -931,7 +934,7 @@ impl AgentCore for Arc<Agent> {
             "shutting down at the master's request; the agent id is forgotten"
         );
         // A removed agent must register anew (Mesos: a new agent id) when it comes back.
-        let _ = std::fs::remove_file(self.settings.meta_dir.join("agent.json"));
+        let _ = std::fs::remove_file(self.settings.meta_dir.join(AGENT_ID_FILE));
         *self.agent_id.lock().expect("agent id lock") = None;
         let _ = self.shutdown.send(true);
     }

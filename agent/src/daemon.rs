@@ -246,8 +246,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
                 name: flags.bridge_name.clone(),
                 subnet,
                 mtu,
-                vip_range: (flags.overlay || flags.network_services)
-                    .then(|| crate::l4lb::VIP_RANGE.parse().expect("valid range")),
+                vip_range: (flags.overlay || flags.network_services).then(crate::l4lb::vip_range),
             },
             &flags.work_dir.join("meta").join(format!(
                 "ipam-{}_{}",
@@ -476,7 +475,7 @@ fn lock_work_dir(work_dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// The agent id a master gave in an earlier run (empty before the first registration).
 fn load_agent_id(meta_dir: &Path) -> anyhow::Result<String> {
-    let path = meta_dir.join("agent.json");
+    let path = meta_dir.join(crate::agent::AGENT_ID_FILE);
     Ok(checkpoint::read_json::<serde_json::Value>(&path)?
         .and_then(|value| value.get("id").and_then(|v| v.as_str()).map(str::to_string))
         .unwrap_or_default())
@@ -538,7 +537,7 @@ fn check_network_ranges(flags: &AgentFlags) -> anyhow::Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))
     };
-    let vips: berth_net::Ipv4Net = crate::l4lb::VIP_RANGE.parse().expect("valid range");
+    let vips = crate::l4lb::vip_range();
     let mut nets = vec![("the VIP range", vips)];
     if flags.overlay {
         nets.push((

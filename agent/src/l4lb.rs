@@ -42,6 +42,30 @@ pub struct ServiceTask {
     pub ports: Vec<(u16, Proto, Option<String>)>,
 }
 
+impl ServiceTask {
+    /// The task's VIP labels (`VIP_<n>`, not their `_PROTOCOL` companions), parsed, each with
+    /// its key.
+    pub fn vip_labels(&self) -> Result<Vec<(String, VipLabel)>, berth_net::lb::LbError> {
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("VIP_") && !k.ends_with("_PROTOCOL"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let vips = parse_vip_labels(labels.iter().copied())?;
+        Ok(labels
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .zip(vips)
+            .collect())
+    }
+}
+
+/// The VIP range as a network.
+pub fn vip_range() -> Ipv4Net {
+    VIP_RANGE.parse().expect("VIP_RANGE is a valid network")
+}
+
 /// What `berth net` shows of the load balancer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LbStatus {
@@ -72,21 +96,9 @@ pub fn desired(tasks: &[ServiceTask], range: Ipv4Net) -> (LbState, Vec<String>) 
                     .map(|n| (n.to_string(), v.to_ascii_lowercase()))
             })
             .collect();
-        let vip_labels: Vec<(&str, &str)> = task
-            .labels
-            .iter()
-            .filter(|(k, _)| k.starts_with("VIP_") && !k.ends_with("_PROTOCOL"))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        if vip_labels.is_empty() {
-            continue;
-        }
-        let parsed: Vec<(String, VipLabel)> = match parse_vip_labels(vip_labels.iter().copied()) {
-            Ok(vips) => vip_labels
-                .iter()
-                .map(|(k, _)| k.to_string())
-                .zip(vips)
-                .collect(),
+        let parsed = match task.vip_labels() {
+            Ok(parsed) if parsed.is_empty() => continue,
+            Ok(parsed) => parsed,
             Err(err) => {
                 errors.push(format!("task {}: {err}", task.task_id));
                 continue;
@@ -213,7 +225,7 @@ mod tests {
 
     #[test]
     fn running_labelled_tasks_become_backends_of_their_vips() {
-        let range: Ipv4Net = VIP_RANGE.parse().unwrap();
+        let range = vip_range();
         let tasks = vec![
             task("a", &[("VIP_0", "/web:80")], "9.0.1.2", true),
             task("b", &[("VIP_0", "/web:80")], "9.0.2.2", true),

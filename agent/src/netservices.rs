@@ -5,7 +5,7 @@
 //! as nameserver, `berth.directory` searched).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -15,7 +15,7 @@ use berth_net::{
     Ipv4Net,
     dns::{DnsServer, DnsServerConfig, DnsTable, TaskRecord as DnsTask, VipRecord, host_upstreams},
     isolator::BridgeIsolator,
-    lb::{LoadBalancer, VipTarget, parse_vip_labels},
+    lb::{LoadBalancer, VipTarget},
     nft::{NftConfig, NftExec},
 };
 use tokio::sync::watch;
@@ -41,7 +41,7 @@ pub async fn start(
     tasks: watch::Receiver<Vec<ServiceTask>>,
     runtime_dir: &Path,
 ) -> anyhow::Result<NetServices> {
-    let vip_range: Ipv4Net = l4lb::VIP_RANGE.parse().expect("valid range");
+    let vip_range = l4lb::vip_range();
     bridge
         .ensure_bridge()
         .context("creating the node bridge for the network services")?;
@@ -109,12 +109,8 @@ pub fn dns_records(tasks: &[ServiceTask], range: Ipv4Net) -> (Vec<VipRecord>, Ve
     let mut vips: Vec<VipRecord> = Vec::new();
     let mut records = Vec::new();
     for task in tasks.iter().filter(|t| t.serving) {
-        let labels = task
-            .labels
-            .iter()
-            .filter(|(k, _)| k.starts_with("VIP_") && !k.ends_with("_PROTOCOL"))
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        for vip in parse_vip_labels(labels).unwrap_or_default() {
+        // Label errors are the load balancer's to report (`berth net ls`).
+        for (_, vip) in task.vip_labels().unwrap_or_default() {
             if let VipTarget::Named(name) = vip.target
                 && !vips.iter().any(|v| v.name == name)
             {
@@ -140,11 +136,6 @@ pub fn dns_records(tasks: &[ServiceTask], range: Ipv4Net) -> (Vec<VipRecord>, Ve
         }
     }
     (vips, records)
-}
-
-/// The address of a named VIP (for tests and `berth net`).
-pub fn vip_address(name: &str) -> Ipv4Addr {
-    berth_net::lb::vip_address(name, l4lb::VIP_RANGE.parse().expect("valid range"))
 }
 
 /// The cluster's tasks as service tasks, from the leading master's operator event stream
@@ -216,7 +207,7 @@ mod tests {
 
     #[test]
     fn dns_has_vips_of_serving_backends_and_task_names() {
-        let range: Ipv4Net = l4lb::VIP_RANGE.parse().unwrap();
+        let range = l4lb::vip_range();
         let task = |id: &str, serving: bool| ServiceTask {
             task_id: id.into(),
             name: "web".into(),
@@ -229,7 +220,7 @@ mod tests {
         let (vips, records) =
             dns_records(&[task("a", true), task("b", true), task("c", false)], range);
         assert_eq!(vips.len(), 1);
-        assert_eq!(vips[0].addr, vip_address("web"));
+        assert_eq!(vips[0].addr, berth_net::lb::vip_address("web", range));
         assert_eq!(records.len(), 2);
         assert_eq!(
             records[0].ports.len(),
