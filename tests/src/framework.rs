@@ -24,6 +24,9 @@ pub struct Framework {
     pub backlog: Vec<mesos::TaskStatus>,
     /// Events of other types received while waiting for one type.
     pub pending: Vec<scheduler::Event>,
+    /// How long to wait for the next event before failing (30 s; tests whose tasks are slow to
+    /// start, e.g. image pulls, raise it).
+    pub event_timeout: Duration,
 }
 
 pub fn call(kind: scheduler::call::Type) -> scheduler::Call {
@@ -78,6 +81,7 @@ impl Framework {
             decoder: recordio::Decoder::new(),
             backlog: Vec::new(),
             pending: Vec::new(),
+            event_timeout: Duration::from_secs(30),
         };
         let first = framework.next_event().await;
         assert_eq!(
@@ -96,9 +100,9 @@ impl Framework {
             if let Some(record) = self.decoder.next_record().expect("valid RecordIO") {
                 return codec::decode(&record, self.ct).expect("valid event");
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(30), self.events.next())
+            let chunk = tokio::time::timeout(self.event_timeout, self.events.next())
                 .await
-                .expect("an event within 30 s")
+                .unwrap_or_else(|_| panic!("an event within {:?}", self.event_timeout))
                 .expect("the stream stays open")
                 .expect("reading the stream");
             self.decoder.feed(&chunk);

@@ -22,20 +22,16 @@ use std::{
     time::Duration,
 };
 
-use berth_proto::{
-    codec::{self, ContentType},
-    mesos::v1::{self as mesos, scheduler},
-    recordio,
-};
+use berth_proto::{codec::ContentType, mesos::v1 as mesos};
 use berth_tests::{
     Agent, Output,
+    framework::{Framework, is_terminal, launch},
     images::{
         LayerBuilder, Registry, TestImage, berth_image, files_in, free_port, image_with_config,
         sha256, skopeo_push, temp_dir,
     },
     scaled, wait_until,
 };
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -519,144 +515,29 @@ fn image_run_pulls_on_demand_from_a_local_registry() {
 // the scheduler API
 // ---------------------------------------------------------------------------------------------
 
-/// A minimal protobuf framework on the scheduler API (see tests/tests/scheduler_api.rs for the
-/// complete one).
-struct Framework {
-    url: String,
-    http: reqwest::Client,
-    stream_id: String,
-    framework_id: Option<mesos::FrameworkId>,
-    events: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    decoder: recordio::Decoder,
-}
-
-const CT: ContentType = ContentType::Protobuf;
-
-fn call(kind: scheduler::call::Type) -> scheduler::Call {
-    scheduler::Call {
-        r#type: Some(kind as i32),
-        ..Default::default()
+/// Launches `tasks` on `fw`'s next offer and returns the terminal status of each, by task id,
+/// acknowledging every update.
+async fn run_tasks(
+    fw: &mut Framework,
+    mut tasks: Vec<mesos::TaskInfo>,
+) -> BTreeMap<String, mesos::TaskStatus> {
+    let offer = fw.offer().await;
+    for task in &mut tasks {
+        task.agent_id = offer.agent_id.clone();
     }
-}
-
-impl Framework {
-    async fn subscribe(url: &str) -> Framework {
-        let http = reqwest::Client::new();
-        let mut subscribe = call(scheduler::call::Type::Subscribe);
-        subscribe.subscribe = Some(scheduler::call::Subscribe {
-            framework_info: mesos::FrameworkInfo {
-                user: "root".into(),
-                name: "image-fw".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
-        let response = http
-            .post(format!("{url}/api/v1/scheduler"))
-            .header("Content-Type", CT.as_str())
-            .header("Accept", CT.as_str())
-            .body(codec::encode(&subscribe, CT))
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(response.status(), 200);
-        let stream_id = response.headers()["Mesos-Stream-Id"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let mut fw = Framework {
-            url: url.to_string(),
-            http,
-            stream_id,
-            framework_id: None,
-            events: response.bytes_stream().boxed(),
-            decoder: recordio::Decoder::new(),
-        };
-        let first = fw.next_event().await;
-        fw.framework_id = Some(first.subscribed.expect("SUBSCRIBED first").framework_id);
-        fw
-    }
-
-    async fn next_event(&mut self) -> scheduler::Event {
+    let ids: Vec<String> = tasks.iter().map(|t| t.task_id.value.clone()).collect();
+    fw.send(launch(&offer, tasks)).await;
+    let mut done = BTreeMap::new();
+    for id in ids {
         loop {
-            if let Some(record) = self.decoder.next_record().expect("valid RecordIO") {
-                return codec::decode(&record, CT).expect("valid event");
-            }
-            let chunk = tokio::time::timeout(scaled(Duration::from_secs(60)), self.events.next())
-                .await
-                .expect("an event within 60 s")
-                .expect("the stream stays open")
-                .expect("reading the stream");
-            self.decoder.feed(&chunk);
-        }
-    }
-
-    async fn send(&self, mut call: scheduler::Call) {
-        call.framework_id = self.framework_id.clone();
-        let response = self
-            .http
-            .post(format!("{}/api/v1/scheduler", self.url))
-            .header("Content-Type", CT.as_str())
-            .header("Mesos-Stream-Id", &self.stream_id)
-            .body(codec::encode(&call, CT))
-            .send()
-            .await
-            .expect("call");
-        assert_eq!(response.status(), 202, "{:?}", call.r#type());
-    }
-
-    /// Launches `tasks` on the next offer and returns the terminal status of each, by task id,
-    /// acknowledging every update.
-    async fn run(
-        &mut self,
-        mut tasks: Vec<mesos::TaskInfo>,
-    ) -> BTreeMap<String, mesos::TaskStatus> {
-        let offer = loop {
-            let event = self.next_event().await;
-            if let Some(offers) = event.offers {
-                break offers.offers.into_iter().next().expect("an offer");
-            }
-        };
-        for task in &mut tasks {
-            task.agent_id = offer.agent_id.clone();
-        }
-        let wanted = tasks.len();
-        let mut operation = mesos::offer::Operation {
-            launch: Some(mesos::offer::operation::Launch { task_infos: tasks }),
-            ..Default::default()
-        };
-        operation.set_type(mesos::offer::operation::Type::Launch);
-        let mut accept = call(scheduler::call::Type::Accept);
-        accept.accept = Some(scheduler::call::Accept {
-            offer_ids: vec![offer.id],
-            operations: vec![operation],
-            filters: None,
-        });
-        self.send(accept).await;
-        let mut done = BTreeMap::new();
-        while done.len() < wanted {
-            let event = self.next_event().await;
-            let Some(update) = event.update else { continue };
-            let status = update.status;
-            if let Some(uuid) = status.uuid.clone() {
-                let mut ack = call(scheduler::call::Type::Acknowledge);
-                ack.acknowledge = Some(scheduler::call::Acknowledge {
-                    agent_id: status.agent_id.clone().unwrap_or_default(),
-                    task_id: status.task_id.clone(),
-                    uuid,
-                });
-                self.send(ack).await;
-            }
-            use mesos::TaskState::*;
-            if matches!(
-                status.state(),
-                TaskFinished | TaskFailed | TaskKilled | TaskError | TaskLost | TaskDropped
-            ) {
-                done.insert(status.task_id.value.clone(), status);
+            let status = fw.update_of(&id).await;
+            if is_terminal(status.state()) {
+                done.insert(id.clone(), status);
+                break;
             }
         }
-        done
     }
+    done
 }
 
 fn image_task(
@@ -746,8 +627,9 @@ fn cgroup_image_scheduler_api_launches_image_tasks() {
         .build()
         .unwrap()
         .block_on(async {
-            let mut fw = Framework::subscribe(agent.url()).await;
-            fw.run(tasks).await
+            let mut fw = Framework::subscribe(agent.url(), ContentType::Protobuf, "image-fw").await;
+            fw.event_timeout = scaled(Duration::from_secs(60));
+            run_tasks(&mut fw, tasks).await
         });
     use mesos::{TaskState, task_status::Reason};
     let state = |id: &str| (done[id].state(), done[id].message().to_string());
