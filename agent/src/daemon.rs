@@ -111,10 +111,11 @@ pub struct AgentFlags {
     #[arg(long, default_value_t = 1500)]
     pub bridge_mtu: u32,
     /// Join the VXLAN overlay (`--network overlay` tasks; Mesos network name `berth`): the node
-    /// subnet is leased in ZooKeeper and replaces --bridge-subnet.
+    /// subnet is leased (in ZooKeeper, or from the master) and replaces --bridge-subnet.
     #[arg(long)]
     pub overlay: bool,
-    /// ZooKeeper for overlay membership (default: --master when it is a zk:// URL).
+    /// ZooKeeper for overlay membership (default: --master when it is a zk:// URL; otherwise
+    /// the master keeps it: --dev's embedded one, or the `berth master` --master names).
     #[arg(long)]
     pub overlay_zk: Option<String>,
     /// The node's VTEP address (default: the address the agent advertises to the master).
@@ -224,9 +225,49 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     )?;
     let mut isolators = isolators;
     check_network_ranges(&flags)?;
+    // The embedded master (--dev) and the master detector: the overlay may need them.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let embedded = if flags.dev {
+        let mut rx = shutdown_rx.clone();
+        let running = start_master(
+            MasterOptions {
+                listen: flags.dev_master_listen,
+                advertise_ip: None,
+                hostname: hostname.clone(),
+                ping: PingSettings::default(),
+                zk: None,
+                zk_session_timeout: Duration::from_secs(10),
+                overlay: crate::master::overlay_registry::RegistryConfig {
+                    pool: parse_net("--overlay-pool", &flags.overlay_pool)?,
+                    prefix: 24,
+                    lease_timeout: crate::master::overlay_registry::DEFAULT_LEASE_TIMEOUT,
+                },
+                overlay_recovery: false,
+            },
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )
+        .await?;
+        Some(running)
+    } else {
+        None
+    };
+    let master_flag = match &embedded {
+        Some(running) => running.pid.to_string(),
+        None => flags.master.clone().unwrap_or_default(),
+    };
+    let detector = detect_with(
+        &master_flag,
+        DetectOptions {
+            zk_session_timeout: Duration::from_secs_f64(flags.zk_session_timeout.max(1.0)),
+        },
+    )
+    .await
+    .context("--master")?;
     // The node subnet: leased on the overlay, or --bridge-subnet.
     let overlay = if flags.overlay {
-        Some(join_overlay(&flags, bound).await?)
+        Some(join_overlay(&flags, bound, detector.leader(), &master_flag).await?)
     } else {
         None
     };
@@ -307,40 +348,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         .recover()
         .await
         .context("recovering checkpointed tasks")?;
-    // 6. The master link (libprocess over the agent's HTTP server), the master, HTTP.
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let embedded = if flags.dev {
-        let mut rx = shutdown_rx.clone();
-        let running = start_master(
-            MasterOptions {
-                listen: flags.dev_master_listen,
-                advertise_ip: None,
-                hostname: agent.settings().hostname.clone(),
-                ping: PingSettings::default(),
-                zk: None,
-                zk_session_timeout: Duration::from_secs(10),
-            },
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            },
-        )
-        .await?;
-        Some(running)
-    } else {
-        None
-    };
-    let master_flag = match &embedded {
-        Some(running) => running.pid.to_string(),
-        None => flags.master.clone().unwrap_or_default(),
-    };
-    let detector = detect_with(
-        &master_flag,
-        DetectOptions {
-            zk_session_timeout: Duration::from_secs_f64(flags.zk_session_timeout.max(1.0)),
-        },
-    )
-    .await
-    .context("--master")?;
+    // 6. The master link (libprocess over the agent's HTTP server), HTTP.
     let toward = detector
         .leader()
         .borrow()
@@ -490,20 +498,51 @@ fn first_zk_server(master: &str) -> Option<SocketAddr> {
     std::net::ToSocketAddrs::to_socket_addrs(first).ok()?.next()
 }
 
-/// Joins the overlay (`--overlay`): the VTEP address is --overlay-vtep-ip, else the advertised
-/// IP, else the listen IP, else the address that routes to ZooKeeper.
+/// Joins the overlay (`--overlay`). Membership is kept in ZooKeeper with --overlay-zk or a
+/// zk:// --master, else by the master (--dev's embedded one, or the `berth master` --master
+/// names). The VTEP address is --overlay-vtep-ip, else the advertised IP, else the listen IP,
+/// else the address that routes to ZooKeeper or the master.
 async fn join_overlay(
     flags: &AgentFlags,
     bound: SocketAddr,
+    leader: tokio::sync::watch::Receiver<Option<crate::mesos::detector::MasterLeader>>,
+    master_flag: &str,
 ) -> anyhow::Result<crate::overlay::OverlayNode> {
-    let zk = match (&flags.overlay_zk, &flags.master) {
-        (Some(zk), _) => zk.clone(),
-        (None, Some(master)) if master.starts_with("zk://") => master.clone(),
-        _ => bail!("--overlay needs ZooKeeper for membership: --overlay-zk zk://host:2181/berth"),
+    use crate::overlay::Membership;
+    let session_timeout = Duration::from_secs_f64(flags.zk_session_timeout.max(1.0));
+    let (membership, toward) = match (&flags.overlay_zk, &flags.master) {
+        (Some(zk), _) => (
+            Membership::ZooKeeper {
+                url: zk.clone(),
+                session_timeout,
+            },
+            first_zk_server(zk),
+        ),
+        (None, Some(master)) if master.starts_with("zk://") && !flags.dev => (
+            Membership::ZooKeeper {
+                url: master.clone(),
+                session_timeout,
+            },
+            first_zk_server(master),
+        ),
+        _ => {
+            let toward = leader
+                .borrow()
+                .as_ref()
+                .map(|l| SocketAddr::new(l.ip, l.port))
+                .or_else(|| first_zk_server(master_flag));
+            (
+                Membership::Master {
+                    leader,
+                    join_timeout: Duration::from_secs(60),
+                },
+                toward,
+            )
+        }
     };
     let vtep_ip = match flags.overlay_vtep_ip {
         Some(ip) => ip,
-        None => match advertise_ip(bound, flags.advertise_ip, first_zk_server(&zk)) {
+        None => match advertise_ip(bound, flags.advertise_ip, toward) {
             std::net::IpAddr::V4(v4) if !v4.is_loopback() => v4,
             other => bail!(
                 "--overlay: the VTEP address {other} is not a usable IPv4 address; pass --overlay-vtep-ip"
@@ -515,28 +554,26 @@ async fn join_overlay(
         None => crate::overlay::device_with_address(vtep_ip)?,
     };
     crate::overlay::join(crate::overlay::OverlaySettings {
-        zk,
-        session_timeout: Duration::from_secs_f64(flags.zk_session_timeout.max(1.0)),
+        membership,
         vtep_ip,
         underlay_dev,
-        pool: flags
-            .overlay_pool
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--overlay-pool {}: {e}", flags.overlay_pool))?,
+        pool: parse_net("--overlay-pool", &flags.overlay_pool)?,
         prefix: 24,
         state_file: flags.work_dir.join("meta").join("overlay.json"),
     })
     .await
 }
 
+fn parse_net(flag: &str, value: &str) -> anyhow::Result<berth_net::Ipv4Net> {
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))
+}
+
 /// Refuses overlapping network ranges before anything is set up: the bridge subnet (without
 /// --overlay), the overlay pool (with it) and the VIP range must not overlap.
 fn check_network_ranges(flags: &AgentFlags) -> anyhow::Result<()> {
-    let parse = |flag: &str, value: &str| -> anyhow::Result<berth_net::Ipv4Net> {
-        value
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))
-    };
+    let parse = parse_net;
     let vips = crate::l4lb::vip_range();
     let mut nets = vec![("the VIP range", vips)];
     if flags.overlay {

@@ -2,12 +2,13 @@
 //! creates, joined by an underlay bridge in a fourth ("hub") namespace that also runs ZooKeeper
 //! and `berth master`. Every packet stays inside these namespaces.
 //!
-//! Each node runs `berth agent --master zk://... --overlay`: it leases a /24 from 9.0.0.0/8 in
-//! ZooKeeper and routes the others' subnets over its VXLAN device. A task on node 1 serves TCP and
+//! Each node runs `berth agent --master ... --overlay`: it leases a /24 from 9.0.0.0/8 (in
+//! ZooKeeper with a zk:// master; from `berth master` itself with a host:port one) and routes the
+//! others' subnets over its VXLAN device. A task on node 1 serves TCP and
 //! UDP; a task on node 2 reaches it over the overlay (a 1 MiB TCP transfer, a 1400-byte UDP
 //! datagram both ways, container MTU = underlay − 50). Node 3 dies (kill -9): within its lease
-//! (the ZooKeeper session timeout) the others delete its route, neighbour and FDB entries. It
-//! comes back and gets the same subnet again.
+//! (the ZooKeeper session timeout, or the master's lease timeout) the others delete its route,
+//! neighbour and FDB entries. It comes back and gets the same subnet again.
 
 #[path = "../../agent/tests/zk_real/server.rs"]
 #[allow(dead_code)]
@@ -44,8 +45,8 @@ struct Topology {
 }
 
 impl Topology {
-    fn create(nodes: usize) -> Self {
-        let prefix = format!("bt{}-ov", std::process::id());
+    fn create(tag: &str, nodes: usize) -> Self {
+        let prefix = format!("bt{}-ov{tag}", std::process::id());
         let topology = Topology { prefix, nodes };
         let hub = topology.hub();
         ip(&["netns", "add", &hub]);
@@ -215,34 +216,69 @@ fn overlay_across_three_nodes_with_a_node_dying_and_coming_back() {
         );
         return;
     }
-    let topology = Topology::create(3);
+    three_nodes(Membership::ZooKeeper);
+}
+
+/// The same with membership kept by `berth master` (no ZooKeeper): also runs in the cgroup v2
+/// microVM (hence the `cgroup_` prefix the VM phase selects).
+#[test]
+fn cgroup_overlay_across_three_nodes_with_master_membership() {
+    if !require_privileges() {
+        return;
+    }
+    three_nodes(Membership::Master);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Membership {
+    /// ZooKeeper in the hub; the master elected there; a 3 s session timeout.
+    ZooKeeper,
+    /// The master in the hub keeps the leases; a 3 s lease timeout.
+    Master,
+}
+
+fn three_nodes(membership: Membership) {
+    let tag = if membership == Membership::ZooKeeper {
+        "z"
+    } else {
+        "m"
+    };
+    let topology = Topology::create(tag, 3);
     let hub = InNetns::new(&topology.hub());
-    // ZooKeeper and the master live in the hub, on the underlay.
-    let zk_url = hub.run(|held| {
-        let zk = zk_server::ZkServer::start_on(HUB_IP);
-        let zk_url = format!("zk://{}/mesos", zk.address());
+    // ZooKeeper (in that mode) and the master live in the hub, on the underlay.
+    let master_url = hub.run(move |held| {
         let port = std::net::TcpListener::bind(format!("{HUB_IP}:0"))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let master = Master::start_at(
-            format!("{HUB_IP}:{port}").parse().unwrap(),
-            &["--zk", &zk_url],
-        );
+        let address = format!("{HUB_IP}:{port}");
+        let (master, url) = match membership {
+            Membership::ZooKeeper => {
+                let zk = zk_server::ZkServer::start_on(HUB_IP);
+                let zk_url = format!("zk://{}/mesos", zk.address());
+                let master = Master::start_at(address.parse().unwrap(), &["--zk", &zk_url]);
+                held.keep.push(Box::new(zk));
+                (master, zk_url)
+            }
+            Membership::Master => {
+                let master =
+                    Master::start_at(address.parse().unwrap(), &["--overlay-lease-timeout", "3"]);
+                (master, address)
+            }
+        };
         master.wait_for("master leads", GUARD, |s| s["leading"] == true);
-        // Both live as long as the hub thread (the end of the test).
-        held.keep.push(Box::new(zk));
+        // Lives as long as the hub thread (the end of the test).
         held.keep.push(Box::new(master));
-        zk_url
+        url
     });
     let nodes: Vec<InNetns> = (1..=3).map(|n| InNetns::new(&topology.node(n))).collect();
     for (i, node) in nodes.iter().enumerate() {
-        let zk = zk_url.clone();
+        let master = master_url.clone();
         node.run(move |held| {
             let listen = format!("10.99.0.{}:5051", i + 1);
             held.agent = Some(Agent::start_with_master(
-                &zk,
+                &master,
                 &[
                     "--listen",
                     &listen,
@@ -297,6 +333,12 @@ fn overlay_across_three_nodes_with_a_node_dying_and_coming_back() {
         net.assert_success();
         let view = net.json();
         assert_eq!(view["overlay"]["subnet"], first.as_str(), "{view}");
+        let kept_in = if membership == Membership::ZooKeeper {
+            "zookeeper"
+        } else {
+            "master"
+        };
+        assert_eq!(view["overlay"]["membership"], kept_in, "{view}");
         let deadline = Instant::now() + scaled(GUARD);
         while held
             .agent
@@ -467,4 +509,58 @@ print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip())\n"
     });
     drop(nodes);
     drop(hub);
+}
+
+/// `berth agent --dev --overlay`: the embedded master keeps the membership (no ZooKeeper); the
+/// node leases a subnet from it and an overlay task gets an address in it.
+#[test]
+fn cgroup_dev_mode_overlay_leases_from_the_embedded_master() {
+    if !require_privileges() {
+        return;
+    }
+    let topology = Topology::create("d", 1);
+    let node = InNetns::new(&topology.node(1));
+    let (subnet, view, task_ip) = node.run(|held| {
+        let agent = Agent::start_with(&[
+            "--listen",
+            "10.99.0.1:5051",
+            "--overlay",
+            "--overlay-pool",
+            "9.40.0.0/16",
+        ]);
+        let subnet = subnet_of(&agent);
+        let view = agent.berth(&["net", "ls", "--json"]).json();
+        let task = agent.berth(&[
+            "run",
+            "-d",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "48M",
+            "--network",
+            "overlay",
+            "--name",
+            "t",
+            "--",
+            "sleep",
+            "60",
+        ]);
+        task.assert_success();
+        let ip = berth_tests::bridge_ip_of(&agent.berth(&["inspect", "t"]).json())
+            .expect("an overlay address");
+        agent.berth(&["kill", "t"]).assert_success();
+        held.agent = Some(agent);
+        (subnet, view, ip)
+    });
+    let net: berth_net::Ipv4Net = subnet.parse().unwrap();
+    assert!(
+        "9.40.0.0/16"
+            .parse::<berth_net::Ipv4Net>()
+            .unwrap()
+            .contains_net(&net),
+        "{subnet} from --overlay-pool"
+    );
+    assert_eq!(view["overlay"]["membership"], "master", "{view}");
+    assert_eq!(view["overlay"]["vtep_ip"], "10.99.0.1", "{view}");
+    assert!(net.contains(task_ip), "task address {task_ip} in {subnet}");
 }

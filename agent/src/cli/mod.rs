@@ -78,6 +78,14 @@ pub struct MasterFlags {
     /// Pings an agent may miss before it is unreachable (Mesos --max_agent_ping_timeouts).
     #[arg(long, default_value_t = 5)]
     pub max_agent_ping_timeouts: u32,
+    /// The overlay range node subnets (/24) are leased from, for agents that keep overlay
+    /// membership in this master (agents with --overlay and no ZooKeeper).
+    #[arg(long, default_value = "9.0.0.0/8")]
+    pub overlay_pool: String,
+    /// Seconds an overlay lease lasts without renewal: a dead node's routes go this long
+    /// after it stops renewing.
+    #[arg(long, default_value_t = 10.0)]
+    pub overlay_lease_timeout: f64,
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,

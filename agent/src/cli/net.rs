@@ -73,10 +73,11 @@ pub fn render(view: &Value) -> String {
     }
     if !overlay.is_null() {
         out.push_str(&format!(
-            "\nOVERLAY: this node {} via VTEP {} on {}{}\n{:<18} {}\n",
+            "\nOVERLAY: this node {} via VTEP {} on {}, membership in {}{}\n{:<18} {}\n",
             text(&overlay["subnet"]),
             text(&overlay["vtep_ip"]),
             text(&overlay["underlay_dev"]),
+            text(&overlay["membership"]),
             overlay["error"]
                 .as_str()
                 .map(|e| format!(" (last reconcile failed: {e})"))
@@ -148,7 +149,7 @@ mod tests {
             "bridge": {"subnet": "9.0.3.0/24", "gateway": "9.0.3.1", "mtu": 1450,
                 "leases": {"c1": "9.0.3.2"},
                 "port_mappings": [{"container_id": "c1", "mapping": {"proto": "tcp", "host_port": 8080, "container_ip": "9.0.3.2", "container_port": 80}}]},
-            "overlay": {"subnet": "9.0.3.0/24", "vtep_ip": "10.0.0.3", "underlay_dev": "eth0", "mtu": 1450,
+            "overlay": {"subnet": "9.0.3.0/24", "vtep_ip": "10.0.0.3", "underlay_dev": "eth0", "mtu": 1450, "membership": "zookeeper",
                 "peers": [["9.0.7.0/24", "10.0.0.7"]], "error": null},
         });
         let text = render(&view);

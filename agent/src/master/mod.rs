@@ -12,6 +12,7 @@
 
 pub mod contender;
 pub mod operator;
+pub mod overlay_registry;
 pub mod scheduler_api;
 pub mod server;
 pub mod wire;

@@ -8,7 +8,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use super::{
-    EmbeddedMaster, contender, operator, scheduler_api,
+    EmbeddedMaster, contender, operator,
+    overlay_registry::{LeaseRequest, OverlayRegistry, RegistryConfig, RegistryError},
+    scheduler_api,
     wire::{MasterProcess, PingSettings},
 };
 use crate::{
@@ -49,6 +51,12 @@ pub struct MasterOptions {
     pub zk: Option<String>,
     /// ZooKeeper session timeout.
     pub zk_session_timeout: Duration,
+    /// Overlay membership: the pool and lease timeout.
+    pub overlay: RegistryConfig,
+    /// Whether a master that starts leading waits one lease timeout for nodes to re-lease
+    /// their subnets before granting new ones (`berth master`; not for `--dev`, whose master
+    /// starts with its only node).
+    pub overlay_recovery: bool,
 }
 
 /// A master that runs.
@@ -68,6 +76,7 @@ struct MasterHttp {
     master: Arc<EmbeddedMaster>,
     leading: watch::Receiver<bool>,
     leader: Option<watch::Receiver<Option<MasterLeader>>>,
+    overlay: Arc<OverlayRegistry>,
 }
 
 /// Binds, starts the master process and serves until `shutdown` resolves.
@@ -87,8 +96,15 @@ pub async fn start_master(
     let processes = Processes::new();
     let process = MasterProcess::start(master.clone(), transport, processes.clone(), options.ping);
     master.start();
+    let overlay = Arc::new(OverlayRegistry::new(options.overlay.clone()));
+    overlay.spawn_expiry();
     let (leading, leader) = match &options.zk {
-        None => (watch::channel(true).1, None),
+        None => {
+            if options.overlay_recovery {
+                overlay.start_leading(Instant::now());
+            }
+            (watch::channel(true).1, None)
+        }
         Some(url) => {
             process.set_leading(false);
             let (leading, leader) =
@@ -97,10 +113,16 @@ pub async fn start_master(
                     .context("master: joining the ZooKeeper group")?;
             let mut watch_leading = leading.clone();
             let process = process.clone();
+            let overlay = overlay.clone();
             tokio::spawn(async move {
+                let mut led = false;
                 loop {
                     let leads = *watch_leading.borrow_and_update();
                     process.set_leading(leads);
+                    if leads && !led {
+                        overlay.start_leading(Instant::now());
+                    }
+                    led = leads;
                     if watch_leading.changed().await.is_err() {
                         return;
                     }
@@ -113,6 +135,7 @@ pub async fn start_master(
         master: master.clone(),
         leading: leading.clone(),
         leader,
+        overlay,
     };
     let app = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -120,6 +143,8 @@ pub async fn start_master(
         .route("/master/state", get(state))
         .route("/api/v1/scheduler", post(scheduler))
         .route("/api/v1", post(operator_api))
+        .route("/overlay/v1/lease", post(overlay_lease))
+        .route("/overlay/v1/members", get(overlay_members))
         .with_state(http)
         .merge(libprocess::router(processes))
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -176,6 +201,62 @@ async fn operator_api(State(http): State<MasterHttp>, headers: HeaderMap, body: 
     operator::handle(http.master.clone(), &headers, &body).await
 }
 
+async fn overlay_lease(State(http): State<MasterHttp>, body: Bytes) -> Response {
+    if let Some(redirect) = not_leading(&http, "/overlay/v1/lease") {
+        return redirect;
+    }
+    let request: LeaseRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad overlay lease request: {err}"),
+            )
+                .into_response();
+        }
+    };
+    match http.overlay.lease(&request, Instant::now()) {
+        Ok(grant) => Json(grant).into_response(),
+        Err(err @ RegistryError::Recovering { retry_after }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::RETRY_AFTER,
+                retry_after.as_secs().max(1).to_string(),
+            )],
+            err.to_string(),
+        )
+            .into_response(),
+        Err(err @ RegistryError::PoolExhausted { .. }) => {
+            (StatusCode::CONFLICT, err.to_string()).into_response()
+        }
+        Err(err @ RegistryError::BadRequest(_)) => {
+            (StatusCode::BAD_REQUEST, err.to_string()).into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MembersQuery {
+    after: Option<u64>,
+}
+
+async fn overlay_members(
+    State(http): State<MasterHttp>,
+    axum::extract::Query(query): axum::extract::Query<MembersQuery>,
+) -> Response {
+    if let Some(redirect) = not_leading(&http, "/overlay/v1/members") {
+        return redirect;
+    }
+    let view = match query.after {
+        Some(after) => http.overlay.members_after(after, MEMBERS_LONG_POLL).await,
+        None => http.overlay.members(),
+    };
+    Json(view).into_response()
+}
+
+/// How long `GET /overlay/v1/members?after=V` waits for a change.
+pub const MEMBERS_LONG_POLL: Duration = Duration::from_secs(10);
+
 async fn state(State(http): State<MasterHttp>) -> Json<serde_json::Value> {
     let (frameworks, offers) = http.master.counts();
     let info = http.master.master_info();
@@ -203,6 +284,9 @@ pub async fn run_master_command(flags: crate::cli::MasterFlags) -> anyhow::Resul
     {
         anyhow::bail!("--agent-ping-timeout and --max-agent-ping-timeouts must be positive");
     }
+    if !(flags.overlay_lease_timeout.is_finite() && flags.overlay_lease_timeout >= 0.5) {
+        anyhow::bail!("--overlay-lease-timeout must be at least 0.5 seconds");
+    }
     let running = start_master(
         MasterOptions {
             listen: flags.listen,
@@ -214,6 +298,15 @@ pub async fn run_master_command(flags: crate::cli::MasterFlags) -> anyhow::Resul
             },
             zk: flags.zk,
             zk_session_timeout: Duration::from_secs(10),
+            overlay: RegistryConfig {
+                pool: flags
+                    .overlay_pool
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--overlay-pool {}: {e}", flags.overlay_pool))?,
+                prefix: 24,
+                lease_timeout: Duration::from_secs_f64(flags.overlay_lease_timeout),
+            },
+            overlay_recovery: true,
         },
         async {
             use tokio::signal::unix::{SignalKind, signal};
