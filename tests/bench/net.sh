@@ -3,7 +3,8 @@
 #   1. iperf3 single-stream throughput node -> node over plain veth, over a hand-made kernel
 #      VXLAN link and over berth's overlay (berth.vx, reconciled by the library), between the
 #      same two network namespaces on an underlay bridge namespace;
-#   2. TCP connections/s from a container through a VIP (3 backends) vs straight to a backend;
+#   2. TCP connections/s from a container through a VIP vs straight to a backend, from another
+#      node (both paths over the overlay) and from the backends' own bridge (hairpin);
 #   3. time to apply 10 000 VIPs x 3 backends from empty, and one backend change at 10 000 VIPs.
 #
 # Run as root on a quiet machine:
