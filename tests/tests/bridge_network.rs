@@ -189,15 +189,7 @@ fn named_server(name: &str) -> String {
 }
 
 fn vip_backends(agent: &Agent) -> Vec<String> {
-    let view = agent.berth(&["net", "ls", "--json"]).json();
-    view["load_balancer"]["vips"]
-        .as_object()
-        .and_then(|vips| vips.iter().find(|(k, _)| k.contains("web.l4lb")))
-        .and_then(|(_, b)| b.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|b| b.as_str().map(String::from))
-        .collect()
+    vip_backends_named(agent, "web.l4lb")
 }
 
 #[test]
@@ -275,6 +267,150 @@ fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
                 }
                 for name in ["w2", "w3", "typo"] {
                     agent.berth(&["kill", name]).assert_success();
+                }
+                drop(agent);
+            })
+            .join()
+            .expect("the test thread");
+    });
+}
+
+fn udp_named_server(name: &str) -> String {
+    format!(
+        "import socket\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('0.0.0.0',5353))\nwhile True:\n  d,a=u.recvfrom(512)\n  u.sendto(b'{name}',a)\n"
+    )
+}
+
+/// Sends one datagram from `socket` to `vip` and returns the answer (retrying while the
+/// backends start); None if nothing answers within `tries` attempts.
+fn udp_ask(socket: &std::net::UdpSocket, vip: SocketAddrV4, tries: usize) -> Option<String> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..tries {
+        socket.send_to(b"?", vip).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            return Some(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    }
+    None
+}
+
+fn vip_backends_named(agent: &Agent, name: &str) -> Vec<String> {
+    let view = agent.berth(&["net", "ls", "--json"]).json();
+    view["load_balancer"]["vips"]
+        .as_object()
+        .and_then(|vips| vips.iter().find(|(k, _)| k.contains(name)))
+        .and_then(|(_, b)| b.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b.as_str().map(String::from))
+        .collect()
+}
+
+/// A UDP VIP (`VIP_0_PROTOCOL=udp`): new flows spread over three backends; a flow pinned to a
+/// backend (its conntrack entry) moves to another one as soon as that backend is killed, because
+/// the load balancer flushes the removed backend's UDP conntrack entries.
+#[test]
+fn udp_vip_spreads_flows_and_moves_a_flow_off_a_killed_backend() {
+    if !require_privileges() {
+        return;
+    }
+    let netns = TestNetns::create_named("udpvip");
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns.enter();
+                let agent = Agent::start_with(&["--network-services"]);
+                for n in 1..=3 {
+                    let name = format!("u{n}");
+                    agent
+                        .berth(&[
+                            "run",
+                            "-d",
+                            "--cpus",
+                            "0.1",
+                            "--mem",
+                            "48M",
+                            "--network",
+                            "bridge",
+                            "--name",
+                            &name,
+                            "--label",
+                            "VIP_0=/dnsu:5353",
+                            "--label",
+                            "VIP_0_PROTOCOL=udp",
+                            "--",
+                            "python3",
+                            "-c",
+                            &udp_named_server(&name),
+                        ])
+                        .assert_success();
+                }
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                while vip_backends_named(&agent, "dnsu.l4lb").len() != 3 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "UDP VIP backends never reached 3"
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+                let key = vip_backends_named(&agent, "dnsu.l4lb");
+                let view = agent.berth(&["net", "ls", "--json"]).json();
+                assert!(
+                    view["load_balancer"]["vips"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .any(|k| k.contains(":5353/udp")),
+                    "the VIP is a UDP one: {view} ({key:?})"
+                );
+                let vip = SocketAddrV4::new(
+                    berth_net::lb::vip_address("dnsu", "11.0.0.0/8".parse().unwrap()),
+                    5353,
+                );
+                // 300 flows (a fresh source port each) spread over the three backends.
+                let mut counts = std::collections::BTreeMap::<String, usize>::new();
+                for _ in 0..300 {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                    let answer = udp_ask(&socket, vip, 100).expect("the UDP VIP answers");
+                    *counts.entry(answer).or_default() += 1;
+                }
+                assert_eq!(counts.len(), 3, "{counts:?}");
+                for (name, n) in &counts {
+                    assert!((60..=135).contains(n), "{name} got {n} of 300: {counts:?}");
+                }
+                // One flow, pinned by conntrack to one backend; that backend is killed.
+                let flow = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let pinned = udp_ask(&flow, vip, 100).expect("an answer");
+                for _ in 0..5 {
+                    assert_eq!(udp_ask(&flow, vip, 10).as_deref(), Some(pinned.as_str()));
+                }
+                let killed_at = Instant::now();
+                agent.berth(&["kill", &pinned]).assert_success();
+                let deadline = Instant::now() + scaled(Duration::from_secs(60));
+                while vip_backends_named(&agent, "dnsu.l4lb").len() != 2 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the killed backend stays in the VIP"
+                    );
+                    thread::sleep(Duration::from_millis(20));
+                }
+                let removed_after = killed_at.elapsed();
+                // The same socket (same 5-tuple) now reaches a live backend.
+                let moved = udp_ask(&flow, vip, 20).expect("the flow is answered again");
+                assert_ne!(moved, pinned, "the flow still goes to the killed backend");
+                eprintln!(
+                    "UDP VIP: backend {pinned} left the VIP {:.0} ms after `berth kill` began; \
+                     the pinned flow moved to {moved}",
+                    removed_after.as_secs_f64() * 1000.0
+                );
+                for n in 1..=3 {
+                    let name = format!("u{n}");
+                    if name != pinned {
+                        agent.berth(&["kill", &name]).assert_success();
+                    }
                 }
                 drop(agent);
             })
