@@ -194,6 +194,20 @@ impl FilesystemIsolator {
                 &["bind", "ro", "nosuid", "nodev", "noexec"],
             ));
         }
+        // The container has its own hostname (UTS namespace): /etc/hosts and /etc/hostname
+        // that name it, generated into the sandbox like an image container's (the host's own
+        // files are left alone; a host without them gets none).
+        let etc = etc_dir(&spec.sandbox);
+        for name in NATIVE_ETC_FILES {
+            if self.paths.host_root.join("etc").join(name).is_file() {
+                mounts.push(mount(
+                    &format!("/etc/{name}"),
+                    "bind",
+                    Some(&etc.join(name)),
+                    &["bind", "ro", "nosuid", "nodev", "noexec"],
+                ));
+            }
+        }
         for h in &self.paths.hidden {
             mounts.push(mount(
                 h.to_str().expect("checked in new"),
@@ -208,6 +222,7 @@ impl FilesystemIsolator {
             Some(&spec.sandbox),
             &["rbind", "rw", "nosuid", "nodev"],
         ));
+        mounts.push(hide_generated_etc());
         mounts.extend(self.volume_mounts(spec)?);
         Ok(FilesystemPlan {
             root: self.rootfs_dir(&spec.id),
@@ -481,6 +496,7 @@ impl Isolator for FilesystemIsolator {
             // host; the /etc files the plan binds are generated now.
             self.write_etc_files(spec)?;
         } else {
+            self.write_native_etc_files(spec)?;
             self.create_mount_points(&plan)?;
         }
         debug!(container_id = %spec.id, rootfs = %plan.root.display(), mounts = plan.mounts.len(),
@@ -514,5 +530,6 @@ impl Isolator for FilesystemIsolator {
 }
 
 mod image;
+use image::{NATIVE_ETC_FILES, etc_dir, hide_generated_etc};
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,8 @@ fn cgroup_default_container_sees_its_own_root() {
     let script = format!(
         "set -u; echo sandbox=$MESOS_SANDBOX; echo cwd=$(pwd); echo host=$(hostname); \
          echo pid1=$(cat /proc/1/comm); \
+         echo resolved=$(getent hosts $(hostname) | cut -d' ' -f1); echo etc_hostname=$(cat /etc/hostname); \
+         if [ -e $MESOS_SANDBOX/.rootfs/etc ]; then echo generated=visible; fi; \
          if echo x > /etc/berth-test-rootfs 2>/dev/null; then echo etc=writable; else echo etc=readonly; fi; \
          echo private > {marker} && echo tmp=ok; \
          echo data > $MESOS_SANDBOX/file && echo sandbox=ok; \
@@ -50,6 +52,17 @@ fn cgroup_default_container_sees_its_own_root() {
     assert!(
         out.contains("host=rootfs-view"),
         "hostname is the task's: {o}"
+    );
+    assert!(
+        out.contains("resolved=127.0.1.1\n"),
+        "the task's hostname resolves through its own /etc/hosts: {o}"
+    );
+    if Path::new("/etc/hostname").is_file() {
+        assert!(out.contains("etc_hostname=rootfs-view"), "{o}");
+    }
+    assert!(
+        !out.contains("generated=visible"),
+        "the generated /etc files are hidden from the sandbox: {o}"
     );
     assert!(
         out.contains("etc=readonly"),

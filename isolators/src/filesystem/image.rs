@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_executor::{FilesystemPlan, RootfsSource};
+use berth_executor::{FilesystemPlan, MountSpec, RootfsSource};
 
 use super::{
     FilesystemIsolator, MASKED_PATHS, READONLY_PATHS, SANDBOX_IN_CONTAINER, devices, invalid,
@@ -63,12 +63,7 @@ impl FilesystemIsolator {
             Some(&spec.sandbox),
             &["rbind", "rw", "nosuid", "nodev"],
         ));
-        mounts.push(mount(
-            &format!("{SANDBOX_IN_CONTAINER}/{IMAGE_ROOTFS_DIR}"),
-            "tmpfs",
-            Some(Path::new("tmpfs")),
-            &["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"],
-        ));
+        mounts.push(hide_generated_etc());
         mounts.extend(self.volume_mounts(spec)?);
         Ok(FilesystemPlan {
             root: self.rootfs_dir(&spec.id),
@@ -110,6 +105,40 @@ impl FilesystemIsolator {
             ),
         ];
         for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| io_err(format!("write {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The generated /etc files of a native container (its resolv.conf is the host's, or berth's DNS
+/// one for bridge tasks).
+pub(super) const NATIVE_ETC_FILES: [&str; 2] = ["hosts", "hostname"];
+
+/// A tmpfs over `<sandbox>/.rootfs` inside the container: the generated /etc files (and an
+/// image container's layers' upper dir) are not the task's to see in its sandbox.
+pub(super) fn hide_generated_etc() -> MountSpec {
+    mount(
+        &format!("{SANDBOX_IN_CONTAINER}/{IMAGE_ROOTFS_DIR}"),
+        "tmpfs",
+        Some(Path::new("tmpfs")),
+        &["ro", "nosuid", "nodev", "noexec", "mode=000", "size=4k"],
+    )
+}
+
+impl FilesystemIsolator {
+    /// Writes a native container's `/etc/hosts` and `/etc/hostname` into
+    /// `<sandbox>/.rootfs/etc/`.
+    pub(super) fn write_native_etc_files(&self, spec: &ContainerSpec) -> Result<(), IsolatorError> {
+        let dir = etc_dir(&spec.sandbox);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io_err(format!("create {}", dir.display()), e))?;
+        for (name, text) in [
+            ("hosts", hosts_file(&spec.hostname)),
+            ("hostname", format!("{}\n", spec.hostname)),
+        ] {
             let path = dir.join(name);
             std::fs::write(&path, text)
                 .map_err(|e| io_err(format!("write {}", path.display()), e))?;

@@ -75,6 +75,31 @@ fn invalid_message(r: Result<FilesystemPlan, IsolatorError>) -> String {
 }
 
 #[test]
+fn native_containers_get_their_own_hosts_and_hostname_when_the_host_has_them() {
+    let f = fixture();
+    let etc = f.base.join("host/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    let spec = f.spec(Default::default());
+    let plan = f.iso.plan(&spec).unwrap();
+    let hosts = plan
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/etc/hosts")
+        .expect("a generated /etc/hosts");
+    assert!(hosts.options.contains(&"ro".to_string()));
+    assert_eq!(
+        hosts.source.as_deref(),
+        Some(spec.sandbox.join(".rootfs/etc/hosts").as_path())
+    );
+    // The host has no /etc/hostname: nothing is bound over it.
+    assert!(!plan.mounts.iter().any(|m| m.destination == "/etc/hostname"));
+    f.iso.write_native_etc_files(&spec).unwrap();
+    let text = std::fs::read_to_string(spec.sandbox.join(".rootfs/etc/hosts")).unwrap();
+    assert!(text.contains("127.0.1.1\tc1\n"), "{text}");
+}
+
+#[test]
 fn default_plan() {
     let f = fixture();
     let plan = f.iso.plan(&f.spec(Default::default())).unwrap();
@@ -96,6 +121,7 @@ fn default_plan() {
             work.to_str().unwrap(),
             run.to_str().unwrap(),
             SANDBOX_IN_CONTAINER,
+            &format!("{SANDBOX_IN_CONTAINER}/.rootfs"),
         ]
     );
     let by = |d: &str| plan.mounts.iter().find(|m| m.destination == d).unwrap();
