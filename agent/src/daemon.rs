@@ -297,7 +297,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
             Path::new("/proc/sys"),
             Arc::new(berth_net::nft::NftCommand::new()),
         )
-        .context("the bridge network")?,
+        .context("the bridge network")?
+        .holding_node_ports(),
     );
     isolators.push(bridge.clone());
     let net_view = http::NetView {

@@ -33,7 +33,7 @@ use crate::{
     link::Netlink,
     netns::NetnsRef,
     nft::{NftConfig, NftExec, Proto},
-    portmap::{PortMapper, PortMapping},
+    portmap::{PortMapper, PortMapping, loopback::LoopbackProxies},
 };
 
 const NAME: &str = "network/bridge";
@@ -49,6 +49,9 @@ pub struct BridgeIsolator {
     /// Created with the table at the first mapping (or at recovery when mappings exist).
     ports: Mutex<Option<PortMapper>>,
     ports_file: PathBuf,
+    /// Bind mapped node ports and relay 127.0.0.1 to the containers (see
+    /// [`crate::portmap::loopback`]).
+    hold_node_ports: bool,
 }
 
 impl BridgeIsolator {
@@ -75,7 +78,15 @@ impl BridgeIsolator {
             nft,
             ports: Mutex::new(None),
             ports_file: ipam_root.join("ports.json"),
+            hold_node_ports: false,
         })
+    }
+
+    /// Holds every mapped node port on the node (a port in use is refused) and relays
+    /// connections to `127.0.0.1:<port>` to the container — what the agent does.
+    pub fn holding_node_ports(mut self) -> Self {
+        self.hold_node_ports = true;
+        self
     }
 
     fn nft_config(&self) -> NftConfig {
@@ -95,7 +106,12 @@ impl BridgeIsolator {
             LoadBalancer::new(self.nft.clone(), self.nft_config())
                 .ensure_table()
                 .map_err(|e| invalid(format!("nftables table for port mappings: {e}")))?;
-            *ports = Some(PortMapper::new(self.nft.clone(), &self.nft_config()));
+            let mapper = PortMapper::new(self.nft.clone(), &self.nft_config());
+            *ports = Some(if self.hold_node_ports {
+                mapper.with_host_ports(Box::new(LoopbackProxies::new()))
+            } else {
+                mapper
+            });
         }
         let result = f(ports.as_mut().expect("created above")).map_err(invalid);
         if result.is_ok() {

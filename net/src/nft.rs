@@ -12,7 +12,8 @@
 //!     meta l4proto tcp dnat ip to ip daddr . tcp dport . numgen inc mod 16 map @lb_tcp
 //!     fib daddr type local meta l4proto tcp dnat ip to tcp dport map @ports_tcp
 //!     (the same two for udp) }
-//!   chain output      { type nat hook output priority -100   (the same rules, for the node itself) }
+//!   chain output      { type nat hook output priority -100   (the same rules, for the node itself,
+//!                       port maps except to 127.0.0.0/8: see portmap::loopback) }
 //!   chain postrouting { type nat hook postrouting priority 100
 //!     ct status dnat ip saddr SUBNET ip daddr SUBNET masquerade   (hairpin only) }
 //! }
@@ -442,9 +443,16 @@ impl NftConfig {
                     s,
                     "add rule ip {t} {chain} meta l4proto {p} dnat ip to ip daddr . {p} dport . {ng} map @lb_{p}"
                 );
+                // From the node itself, 127.0.0.0/8 is left to the agent's loopback relay
+                // (portmap::loopback): a loopback source cannot be DNATed off `lo`.
+                let not_loopback = if chain == "output" {
+                    "ip daddr != 127.0.0.0/8 "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     s,
-                    "add rule ip {t} {chain} fib daddr type local meta l4proto {p} dnat ip to {p} dport map @ports_{p}"
+                    "add rule ip {t} {chain} fib daddr type local {not_loopback}meta l4proto {p} dnat ip to {p} dport map @ports_{p}"
                 );
             }
         }

@@ -114,6 +114,24 @@ fn cgroup_bridge_tasks_reach_each_other_and_the_node() {
                 assert_eq!(greeting_of(SocketAddrV4::new(ip_a, 7000)), "hello-from-a");
                 let gateway = Ipv4Addr::new(9, 0, 1, 1);
                 assert_eq!(greeting_of(SocketAddrV4::new(gateway, 18080)), "hello-from-a");
+                // And through 127.0.0.1 (relayed by the agent, which holds the node port).
+                assert_eq!(
+                    greeting_of(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 18080)),
+                    "hello-from-a"
+                );
+                assert!(
+                    std::net::TcpListener::bind("0.0.0.0:18080").is_err(),
+                    "the mapped node port is held by the agent"
+                );
+                // A node port a node process already uses is refused, naming the port.
+                let squatter = std::net::TcpListener::bind("0.0.0.0:18081").unwrap();
+                let busy = agent.berth(&[
+                    "run", "--network", "bridge", "-p", "18081:7000", "--", "true",
+                ]);
+                assert!(!busy.success(), "{}", busy.stdout);
+                let said = format!("{}{}", busy.stdout, busy.stderr);
+                assert!(said.contains("18081") && said.contains("in use"), "{said}");
+                drop(squatter);
                 // `berth net ls` shows the subnet, the lease and the mapping.
                 let ls = agent.berth(&["net", "ls"]);
                 ls.assert_success();
@@ -175,6 +193,7 @@ fn cgroup_bridge_tasks_reach_each_other_and_the_node() {
                 let nft = Command::new("nft").args(["list", "table", "ip", "berth"]).output().unwrap();
                 let table = String::from_utf8_lossy(&nft.stdout);
                 assert!(!table.contains("18080"), "mapping of a kept: {table}");
+                std::net::TcpListener::bind("0.0.0.0:18080").expect("the node port is let go");
                 drop(agent);
             })
             .join()
