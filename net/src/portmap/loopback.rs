@@ -244,11 +244,14 @@ fn relay_udp(socket: UdpSocket, target: SocketAddrV4, stop: Arc<AtomicBool>) {
     }
 }
 
+/// One recorded call: ("hold" | "release", protocol, node port).
+pub type HostPortCall = (&'static str, Proto, u16);
+
 /// A [`HostPorts`] double that records holds and releases and can be told to refuse a port.
 #[derive(Debug, Default, Clone)]
 pub struct RecordingHostPorts {
-    /// ("hold" | "release", proto, port), in order.
-    pub calls: Arc<std::sync::Mutex<Vec<(&'static str, Proto, u16)>>>,
+    /// The calls, in order.
+    pub calls: Arc<std::sync::Mutex<Vec<HostPortCall>>>,
     /// Ports whose hold fails (as if a node process used them).
     pub busy: Vec<(Proto, u16)>,
 }
