@@ -258,12 +258,17 @@ fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
                 let printed = out.stdout.trim().to_string();
                 assert!(printed.starts_with(&format!("{vip} w")), "{printed}");
                 // A killed backend leaves the VIP; new connections never reach it.
+                let killed_at = Instant::now();
                 agent.berth(&["kill", "w1"]).assert_success();
                 let deadline = Instant::now() + scaled(Duration::from_secs(60));
                 while vip_backends(&agent).len() != 2 {
                     assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
-                    thread::sleep(Duration::from_millis(50));
+                    thread::sleep(Duration::from_millis(20));
                 }
+                eprintln!(
+                    "TCP VIP: the killed backend left the VIP {:.0} ms after `berth kill` began",
+                    killed_at.elapsed().as_secs_f64() * 1000.0
+                );
                 for _ in 0..100 {
                     let greeting = greeting_of(SocketAddrV4::new(vip, 80));
                     assert_ne!(greeting, "w1", "a killed backend got a new connection");
