@@ -11,6 +11,8 @@
 #             concurrent run is never touched)
 #   3. build  cargo build --workspace --bins (the e2e tests run target/debug/berth)
 #   4. host   cargo nextest run --workspace --no-fail-fast (this host: cgroup v1 hybrid)
+#   4b. leftovers  no test namespace, berth link, nftables table, route, cgroup or mount may
+#             remain in the host's namespaces after the host tests (found ones are named, then swept)
 #   5. vm     the cgroup-sensitive tests again inside a cgroup v2 microVM (tests/vm/berth-v2vm):
 #             isolators' cgroups_real-* and disk_real-* (all tests: the disk quota tests need the
 #             Debian kernel's quota formats) and berth-tests' e2e `cgroup_*` tests, with
@@ -72,9 +74,9 @@ export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 
 # ---- 2. sweep stale test objects --------------------------------------------------------------
 dry() { if [ -n "${BERTH_SWEEP_DRY_RUN:-}" ]; then echo "  (dry run) would: $*"; else "$@"; fi; }
-stale_owner_dead() { # NAME -> true if NAME embeds a test pid (berth-test-<pid>-, berth-t<pid>-, -probe-<pid>) that is gone
+stale_owner_dead() { # NAME -> true if NAME embeds a test pid (berth-test-<pid>-, berth-t<pid>-, -probe-<pid>, bt<pid>-) that is gone
   local pid
-  pid=$(sed -nE 's/^berth-t(est)?-(probe-)?([0-9]+)([-.].*)?$/\3/p' <<<"$1")
+  pid=$(sed -nE 's/^berth-t(est)?-(probe-)?([0-9]+)([-.].*)?$/\3/p; s/^bt([0-9]+)-.*$/\1/p' <<<"$1")
   [ -z "$pid" ] && return 0 # no pid in the name: a leftover of some other kind; sweep it
   [ ! -d "/proc/$pid" ]
 }
@@ -120,7 +122,7 @@ while IFS= read -r own; do
   done
 done < <(own_cgroup_dirs)
 if command -v ip >/dev/null; then
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^berth-test-' || true); do
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(berth-test-|bt[0-9]+-)' || true); do
     stale_owner_dead "$ns" || continue
     echo "  stale netns: $ns"; dry ip netns delete "$ns"; swept=$((swept + 1))
   done
@@ -156,6 +158,47 @@ cargo nextest run --workspace --no-fail-fast \
 host_rc=${PIPESTATUS[0]}
 HOST_COUNTS=$(sed -nE 's/\x1b\[[0-9;]*m//g; s/^ *Summary \[.*\] +(.*)$/\1/p' "$LOGDIR/host.log" | tail -1)
 if [ "$host_rc" = 0 ]; then record host ok; else record host "FAILED (cargo nextest exit $host_rc)"; fi
+
+# ---- 4b. nothing left behind -------------------------------------------------------------------
+# Every test cleans up on every path: after the host phase no test namespace, berth link, nftables
+# table, route to berth's ranges, test cgroup or test mount may remain in the host's namespaces
+# (the tests make theirs inside namespaces they create). Anything found fails this phase by name
+# and is then swept, so later runs start clean.
+leftovers() {
+  local found=() ns own d
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(berth-test-|bt[0-9]+-|bn[0-9]+-)' || true); do
+    found+=("netns $ns")
+  done
+  while read -r link; do
+    [ -n "$link" ] && found+=("link $link")
+  done < <(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' \
+             | grep -E '^(berth0|berth\.vx|berth-ipvs0|bv[0-9a-f]+|btov[0-9]+h)$' || true)
+  nft list tables 2>/dev/null | grep -qx 'table ip berth' && found+=("nftables table ip berth")
+  while read -r route; do
+    [ -n "$route" ] && found+=("route $route")
+  done < <(ip -4 route show 2>/dev/null | grep -E '^(9\.|11\.)' || true)
+  while IFS= read -r own; do
+    for d in "$own"/berth-test-* "$own"/berth-t[0-9]*; do
+      [ -d "$d" ] && found+=("cgroup $d")
+    done
+  done < <(own_cgroup_dirs)
+  while read -r mp; do
+    [ -n "$mp" ] && found+=("mount $mp")
+  done < <(awk -v t="${TMPDIR:-/tmp}/berth-test-" 'index($5, t) == 1 { print $5 }' /proc/self/mountinfo)
+  if [ ${#found[@]} -eq 0 ]; then
+    record leftovers "ok (no test namespace, link, table, route, cgroup or mount left)"
+    return
+  fi
+  echo "leftovers after the host tests:"; printf '  %s\n' "${found[@]}"
+  record leftovers "FAILED: ${#found[@]} object(s) left behind (listed above the summary)"
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(berth-test-|bt[0-9]+-|bn[0-9]+-)' || true); do
+    ip netns delete "$ns" 2>/dev/null
+  done
+  nft list tables 2>/dev/null | grep -qx 'table ip berth' && nft delete table ip berth 2>/dev/null
+  return 0
+}
+say "leftovers: what the host tests left behind"
+leftovers
 
 # ---- 5. cgroup v2 microVM ---------------------------------------------------------------------
 vm_phase() {
