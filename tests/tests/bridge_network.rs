@@ -207,6 +207,31 @@ fn named_server(name: &str) -> String {
     )
 }
 
+/// Starts three bridge tasks `<prefix>1..3` with `labels`, each running `server(its name)`.
+fn start_backends(agent: &Agent, prefix: &str, labels: &[&str], server: fn(&str) -> String) {
+    for n in 1..=3 {
+        let name = format!("{prefix}{n}");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "48M",
+            "--network",
+            "bridge",
+            "--name",
+            &name,
+        ];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        let program = server(&name);
+        args.extend(["--", "python3", "-c", &program]);
+        agent.berth(&args).assert_success();
+    }
+}
+
 fn vip_backends(agent: &Agent) -> Vec<String> {
     vip_backends_named(agent, "web.l4lb")
 }
@@ -222,16 +247,7 @@ fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
             .spawn(|| {
                 netns.enter();
                 let agent = Agent::start_with(&["--network-services"]);
-                for n in 1..=3 {
-                    let name = format!("w{n}");
-                    agent
-                        .berth(&[
-                            "run", "-d", "--cpus", "0.1", "--mem", "48M", "--network", "bridge",
-                            "--name", &name, "--label", "VIP_0=/web:80", "--", "python3", "-c",
-                            &named_server(&name),
-                        ])
-                        .assert_success();
-                }
+                start_backends(&agent, "w", &["VIP_0=/web:80"], named_server);
                 let deadline = Instant::now() + scaled(Duration::from_secs(60));
                 while vip_backends(&agent).len() != 3 {
                     assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
@@ -347,31 +363,12 @@ fn udp_vip_spreads_flows_and_moves_a_flow_off_a_killed_backend() {
             .spawn(|| {
                 netns.enter();
                 let agent = Agent::start_with(&["--network-services"]);
-                for n in 1..=3 {
-                    let name = format!("u{n}");
-                    agent
-                        .berth(&[
-                            "run",
-                            "-d",
-                            "--cpus",
-                            "0.1",
-                            "--mem",
-                            "48M",
-                            "--network",
-                            "bridge",
-                            "--name",
-                            &name,
-                            "--label",
-                            "VIP_0=/dnsu:5353",
-                            "--label",
-                            "VIP_0_PROTOCOL=udp",
-                            "--",
-                            "python3",
-                            "-c",
-                            &udp_named_server(&name),
-                        ])
-                        .assert_success();
-                }
+                start_backends(
+                    &agent,
+                    "u",
+                    &["VIP_0=/dnsu:5353", "VIP_0_PROTOCOL=udp"],
+                    udp_named_server,
+                );
                 let deadline = Instant::now() + scaled(Duration::from_secs(60));
                 while vip_backends_named(&agent, "dnsu.l4lb").len() != 3 {
                     assert!(

@@ -88,15 +88,12 @@ async fn refused(master: SocketAddr, response: reqwest::Response) -> MasterMembe
     }
 }
 
-async fn request_lease(
-    http: &reqwest::Client,
-    leader: &watch::Receiver<Option<MasterLeader>>,
-    request: &LeaseRequest,
-) -> Result<LeaseGrant, MasterMembershipError> {
-    let master = leader_address(leader)?;
-    let response = http
-        .post(format!("http://{master}/overlay/v1/lease"))
-        .json(request)
+/// Sends `request` to the master at `master`; the JSON answer, or why not.
+async fn call<T: serde::de::DeserializeOwned>(
+    master: SocketAddr,
+    request: reqwest::RequestBuilder,
+) -> Result<T, MasterMembershipError> {
+    let response = request
         .send()
         .await
         .map_err(|source| MasterMembershipError::Http { master, source })?;
@@ -109,25 +106,28 @@ async fn request_lease(
         .map_err(|source| MasterMembershipError::Http { master, source })
 }
 
+async fn request_lease(
+    http: &reqwest::Client,
+    leader: &watch::Receiver<Option<MasterLeader>>,
+    request: &LeaseRequest,
+) -> Result<LeaseGrant, MasterMembershipError> {
+    let master = leader_address(leader)?;
+    let builder = http
+        .post(format!("http://{master}/overlay/v1/lease"))
+        .json(request);
+    call(master, builder).await
+}
+
 async fn poll_members(
     http: &reqwest::Client,
     leader: &watch::Receiver<Option<MasterLeader>>,
     after: u64,
 ) -> Result<MembersView, MasterMembershipError> {
     let master = leader_address(leader)?;
-    let response = http
+    let builder = http
         .get(format!("http://{master}/overlay/v1/members?after={after}"))
-        .timeout(MEMBERS_POLL_TIMEOUT)
-        .send()
-        .await
-        .map_err(|source| MasterMembershipError::Http { master, source })?;
-    if !response.status().is_success() {
-        return Err(refused(master, response).await);
-    }
-    response
-        .json()
-        .await
-        .map_err(|source| MasterMembershipError::Http { master, source })
+        .timeout(MEMBERS_POLL_TIMEOUT);
+    call(master, builder).await
 }
 
 fn peers_of(view: &MembersView) -> Vec<Peer> {
