@@ -31,6 +31,9 @@ pub async fn run(agent_url: &str, args: RunArgs) -> anyhow::Result<i32> {
     args.isolation
         .apply(&mut mesos::ContainerInfo::default(), &mut Vec::new())
         .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(check) = args.health.to_proto() {
+        crate::health::HealthSpec::from_proto(&check).map_err(|e| anyhow::anyhow!(e))?;
+    }
     check_against_node(&client, &request).await?;
     let task_id = format!(
         "{}-{}",
@@ -306,6 +309,7 @@ impl Session {
             labels: (!labels_list.is_empty()).then_some(mesos::Labels {
                 labels: labels_list,
             }),
+            health_check: args.health.to_proto(),
             ..Default::default()
         }
     }
