@@ -336,7 +336,12 @@ impl Session {
                 println!("{}", self.task_id);
                 return Ok(Some(0));
             }
-            _ if !task::is_terminal(state.as_str_name()) => return Ok(None),
+            _ if !task::is_terminal(state.as_str_name()) => {
+                if status.reason() == mesos::task_status::Reason::TaskHealthCheckStatusUpdated {
+                    eprintln!("berth: {}", status.message.unwrap_or_default());
+                }
+                return Ok(None);
+            }
             _ => {}
         }
         // Terminal: flush the output, then exit like the task did.
@@ -346,7 +351,12 @@ impl Session {
         let message = status.message.clone().unwrap_or_default();
         let code = match state {
             mesos::TaskState::TaskFinished => 0,
-            mesos::TaskState::TaskKilled => 137,
+            mesos::TaskState::TaskKilled => {
+                if status.healthy == Some(false) {
+                    eprintln!("berth: {message}");
+                }
+                137
+            }
             mesos::TaskState::TaskFailed => {
                 let record = self
                     .client
