@@ -496,7 +496,19 @@ impl Agent {
             (task.framework_id.clone(), status)
         };
         info!(task_id, state = state.as_str_name(), ?healthy, "status update");
-        self.updates.enqueue(&framework_id, task_id, status);
+        if reason == Some(mesos::task_status::Reason::TaskHealthCheckStatusUpdated)
+            && state == mesos::TaskState::TaskRunning
+        {
+            let dropped = self.updates.enqueue_superseding(
+                &framework_id,
+                task_id,
+                status,
+                health_checks::is_health_update,
+            );
+            health_checks::mark_superseded(self, task_id, &dropped);
+        } else {
+            self.updates.enqueue(&framework_id, task_id, status);
+        }
         self.flush_updates();
     }
 

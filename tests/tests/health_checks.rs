@@ -30,15 +30,22 @@ use serde_json::Value;
 /// Polls `berth ps --json` until the task's `health` is `want`.
 #[track_caller]
 fn wait_health(agent: &Agent, id: &str, want: &str) {
-    wait_until(
-        &format!("task {id} to be {want}"),
-        Duration::from_secs(60),
-        || {
-            let tasks = agent.ps_json(true);
-            let task = tasks.iter().find(|t| t["id"] == id || t["name"] == id)?;
-            (task["health"] == want).then_some(())
-        },
-    );
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    loop {
+        let tasks = agent.ps_json(true);
+        let task = tasks.iter().find(|t| t["id"] == id || t["name"] == id);
+        if task.is_some_and(|t| t["health"] == want) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "task {id} is not {want}: {:#}\n--- agent stderr ---\n{}",
+                agent.inspect(id)["health"],
+                agent.stderr_tail(20)
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn sandbox_of(agent: &Agent, id: &str) -> PathBuf {
@@ -207,9 +214,10 @@ fn cgroup_failing_health_check_reports_unhealthy_then_kills_the_task() {
             [
                 (TaskRunning, Some(true)),
                 (TaskRunning, Some(false)),
+                (TaskRunning, Some(false)),
                 (TaskKilled, Some(false)),
             ],
-            "updates: healthy, unhealthy, killed"
+            "updates: healthy, unhealthy (first failure), unhealthy (the third: kill), killed"
         );
         assert_eq!(
             killed.reason(),

@@ -179,3 +179,29 @@ pub(super) fn killed_by_check(health: Option<&TaskHealth>) -> Option<String> {
         )
     })
 }
+
+/// Whether a queued update only reports health (superseded by a newer health update).
+pub(super) fn is_health_update(status: &mesos::TaskStatus) -> bool {
+    status.state() == mesos::TaskState::TaskRunning
+        && status.reason() == mesos::task_status::Reason::TaskHealthCheckStatusUpdated
+}
+
+/// Marks the checkpointed updates a newer health update superseded as no longer to be sent
+/// (`acked`), so a restarted agent does not queue them again.
+pub(super) fn mark_superseded(agent: &Agent, task_id: &str, uuids: &[Vec<u8>]) {
+    if uuids.is_empty() {
+        return;
+    }
+    let hexes: Vec<String> = uuids.iter().map(|u| task::hex_encode(u)).collect();
+    let mut tasks = agent.tasks.lock().expect("tasks lock");
+    if let Some(record) = tasks.get_mut(task_id) {
+        for status in record
+            .statuses
+            .iter_mut()
+            .filter(|s| hexes.contains(&s.uuid))
+        {
+            status.acked = true;
+        }
+        agent.checkpoint_task(record);
+    }
+}

@@ -3,8 +3,9 @@
 //! re-executes the berth binary as this helper, which runs before any thread exists:
 //!
 //! 1. pin the container's init with a pidfd (checked against its start time);
-//! 2. the environment: the init's (`/proc/<pid>/environ`), then the helper's own variables
-//!    (the check's `CommandInfo.environment`, set by the agent) on top;
+//! 2. the environment: the workload's (`/proc/<child>/environ` of the init's first child: the
+//!    init is berth's shim), then the helper's own variables (the check's
+//!    `CommandInfo.environment`, set by the agent) on top;
 //! 3. fork through [`berth_containerizer::oci::exec::spawn`]: the child is born in the
 //!    container's pid namespace; while it waits, the parent makes it a process group leader
 //!    and moves it into every cgroup of the init (`/proc/<pid>/cgroup`); the child then joins
@@ -93,8 +94,17 @@ fn run(pid: i32, timeout: Option<Duration>, argv: &[String]) -> Result<i32, Help
             source: e,
         })?
         .ok_or(HelperError::Gone { pid })?;
-    // 2. Environment.
-    let environ = read(&proc_root.join(format!("{pid}/environ")))?;
+    // 2. Environment: the workload's (the init is berth's shim, whose first child is the
+    // workload), else the init's own.
+    let workload = std::fs::read_to_string(proc_root.join(format!("{pid}/task/{pid}/children")))
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string));
+    let environ = match workload
+        .and_then(|child| std::fs::read(proc_root.join(format!("{child}/environ"))).ok())
+    {
+        Some(environ) => environ,
+        None => read(&proc_root.join(format!("{pid}/environ")))?,
+    };
     let overrides: Vec<(String, String)> = std::env::vars().collect();
     let env = merge_env(&environ, &overrides);
     // 3. cgroups, namespaces, launch.
