@@ -495,7 +495,12 @@ impl Agent {
             crash_point_after_checkpoint(state);
             (task.framework_id.clone(), status)
         };
-        info!(task_id, state = state.as_str_name(), ?healthy, "status update");
+        info!(
+            task_id,
+            state = state.as_str_name(),
+            ?healthy,
+            "status update"
+        );
         if reason == Some(mesos::task_status::Reason::TaskHealthCheckStatusUpdated)
             && state == mesos::TaskState::TaskRunning
         {

@@ -199,7 +199,10 @@ mod tests {
         down.healthy = Some(false);
         assert_eq!(m.enqueue_superseding("f", "t", down, health), vec![vec![2]]);
         assert_eq!(m.due(t0)[0].1.uuid, Some(vec![3]));
-        assert!(!m.acknowledge("t", &[2]), "a late ack of the dropped update");
+        assert!(
+            !m.acknowledge("t", &[2]),
+            "a late ack of the dropped update"
+        );
         assert!(m.acknowledge("t", &[3]));
         assert_eq!(m.pending(), 0);
     }

@@ -65,15 +65,40 @@ fn cgroup_health_checks_of_each_type_make_tasks_healthy() {
     // only a probe made inside that namespace reaches it.
     let tcp_server = "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',7001))\ns.listen(8)\nwhile True:\n  c,_=s.accept()\n  c.close()\n";
     let tcp = agent.run_detached(&[
-        "--name", "tcp", "--cpus", "0.1", "--mem", "48M", "--health-tcp", "7001",
-        "--health-start-period", "2m",
-        "--health-interval", "300ms", "--", "python3", "-c", tcp_server,
+        "--name",
+        "tcp",
+        "--cpus",
+        "0.1",
+        "--mem",
+        "48M",
+        "--health-tcp",
+        "7001",
+        "--health-start-period",
+        "2m",
+        "--health-interval",
+        "300ms",
+        "--",
+        "python3",
+        "-c",
+        tcp_server,
     ]);
     // HTTP: GET /ok of a static server in the sandbox; /missing would be a 404.
     let http = agent.run_detached(&[
-        "--name", "http", "--cpus", "0.1", "--mem", "48M", "--health-http", "7002/ok",
-        "--health-start-period", "2m",
-        "--health-interval", "300ms", "--", "sh", "-c",
+        "--name",
+        "http",
+        "--cpus",
+        "0.1",
+        "--mem",
+        "48M",
+        "--health-http",
+        "7002/ok",
+        "--health-start-period",
+        "2m",
+        "--health-interval",
+        "300ms",
+        "--",
+        "sh",
+        "-c",
         "echo fine > ok; exec python3 -m http.server 7002 --bind 127.0.0.1",
     ]);
     // COMMAND: a file in the container's private /tmp, a variable of the task's environment,
@@ -84,9 +109,23 @@ fn cgroup_health_checks_of_each_type_make_tasks_healthy() {
         "test -f {marker} && test \"$MARK\" = inside && ! grep -q '\\.\\.' /proc/self/cgroup"
     );
     let cmd = agent.run_detached(&[
-        "--name", "cmd", "--cpus", "0.1", "--mem", "48M", "--env", "MARK=inside",
-        "--health-cmd", &check, "--health-interval", "300ms", "--health-start-period", "2m",
-        "--", "sh", "-c",
+        "--name",
+        "cmd",
+        "--cpus",
+        "0.1",
+        "--mem",
+        "48M",
+        "--env",
+        "MARK=inside",
+        "--health-cmd",
+        &check,
+        "--health-interval",
+        "300ms",
+        "--health-start-period",
+        "2m",
+        "--",
+        "sh",
+        "-c",
         &format!("touch {marker}; exec sleep 300"),
     ]);
     for id in [&tcp, &http, &cmd] {
@@ -98,22 +137,29 @@ fn cgroup_health_checks_of_each_type_make_tasks_healthy() {
     );
     // The update that made it healthy: TASK_RUNNING, healthy, reason HEALTH_CHECK...
     let inspect = agent.inspect(&cmd);
-    assert_eq!(inspect["health"]["healthy"], Value::Bool(true), "{inspect:#}");
+    assert_eq!(
+        inspect["health"]["healthy"],
+        Value::Bool(true),
+        "{inspect:#}"
+    );
     let status = berth_tests::last_status(&inspect);
     assert_eq!(status["state"], "TASK_RUNNING");
     assert_eq!(status["healthy"], Value::Bool(true));
     assert_eq!(status["reason"], "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED");
     // The table shows it too; the v0 /state and the v1 operator API carry `healthy`.
     let ps = agent.berth(&["ps"]);
-    assert!(ps.stdout.contains("HEALTH") && ps.stdout.contains("healthy"), "{ps}");
+    assert!(
+        ps.stdout.contains("HEALTH") && ps.stdout.contains("healthy"),
+        "{ps}"
+    );
     let state = agent.get("/state").json().to_string();
     assert!(state.contains("\"healthy\":true"), "{state}");
-    let tasks = agent.post(
-        "/api/v1",
-        "application/json",
-        br#"{"type":"GET_TASKS"}"#,
+    let tasks = agent.post("/api/v1", "application/json", br#"{"type":"GET_TASKS"}"#);
+    assert!(
+        tasks.json().to_string().contains("\"healthy\":true"),
+        "{:?}",
+        tasks.json()
     );
-    assert!(tasks.json().to_string().contains("\"healthy\":true"), "{:?}", tasks.json());
     for id in [&tcp, &http, &cmd] {
         agent.berth(&["kill", "--grace", "1", id]).assert_success();
     }
@@ -127,10 +173,19 @@ fn bad_health_check_flags_are_refused_before_submitting() {
     for (args, needle) in [
         (vec!["--health-tcp", "0"], "health-tcp"),
         (vec!["--health-http", "x/ok"], "PORT[/PATH]"),
-        (vec!["--health-tcp", "80", "--health-interval=-1"], "negative"),
-        (vec!["--health-tcp", "80", "--health-interval", "0"], "interval_seconds"),
+        (
+            vec!["--health-tcp", "80", "--health-interval=-1"],
+            "negative",
+        ),
+        (
+            vec!["--health-tcp", "80", "--health-interval", "0"],
+            "interval_seconds",
+        ),
         (vec!["--health-interval", "1"], "health"),
-        (vec!["--health-tcp", "80", "--health-cmd", "true"], "cannot be used"),
+        (
+            vec!["--health-tcp", "80", "--health-cmd", "true"],
+            "cannot be used",
+        ),
     ] {
         let mut all = vec!["run"];
         all.extend(args.iter().copied());
@@ -181,7 +236,8 @@ fn cgroup_failing_health_check_reports_unhealthy_then_kills_the_task() {
         let offer = fw.offer().await;
         // Healthy while /tmp/ok exists, which the task removes once the test creates `stop` in
         // its sandbox; then 3 failures in a row kill it.
-        let shell = "touch /tmp/ok; while [ ! -f stop ]; do sleep 0.1; done; rm /tmp/ok; exec sleep 300";
+        let shell =
+            "touch /tmp/ok; while [ ! -f stop ]; do sleep 0.1; done; rm /tmp/ok; exec sleep 300";
         fw.send(launch(
             &offer,
             vec![health_task("sick", &offer, shell, "test -f /tmp/ok", 3)],
@@ -224,7 +280,10 @@ fn cgroup_failing_health_check_reports_unhealthy_then_kills_the_task() {
             mesos::task_status::Reason::TaskHealthCheckStatusUpdated
         );
         let message = killed.message.unwrap_or_default();
-        assert!(message.contains("3 consecutive failed health checks"), "{message}");
+        assert!(
+            message.contains("3 consecutive failed health checks"),
+            "{message}"
+        );
         // An invalid check is a TASK_ERROR naming the field.
         let offer = fw.offer().await;
         let mut bad = health_task("bad", &offer, "sleep 1", "true", 3);
@@ -233,12 +292,20 @@ fn cgroup_failing_health_check_reports_unhealthy_then_kills_the_task() {
         let error = fw.update_of("bad").await;
         assert_eq!(error.state(), TaskError);
         assert!(
-            error.message.as_deref().unwrap_or("").contains("interval_seconds"),
+            error
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .contains("interval_seconds"),
             "{error:?}"
         );
     });
     let inspect = agent.inspect("sick");
-    assert_eq!(inspect["health"]["killed"], Value::Bool(true), "{inspect:#}");
+    assert_eq!(
+        inspect["health"]["killed"],
+        Value::Bool(true),
+        "{inspect:#}"
+    );
 }
 
 #[test]
@@ -248,9 +315,21 @@ fn cgroup_health_checker_restarts_with_the_agent() {
     };
     // Healthy until the test creates `stop` in the sandbox.
     let id = agent.run_detached(&[
-        "--name", "lasting", "--cpus", "0.1", "--mem", "48M", "--health-cmd",
-        "test ! -f \"$MESOS_SANDBOX/stop\"", "--health-interval", "300ms", "--health-retries", "2",
-        "--", "sleep", "300",
+        "--name",
+        "lasting",
+        "--cpus",
+        "0.1",
+        "--mem",
+        "48M",
+        "--health-cmd",
+        "test ! -f \"$MESOS_SANDBOX/stop\"",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "2",
+        "--",
+        "sleep",
+        "300",
     ]);
     wait_health(&agent, &id, "healthy");
     let sandbox = sandbox_of(&agent, &id);
@@ -348,10 +427,26 @@ fn cgroup_unhealthy_vip_backend_leaves_the_load_balancer() {
                 for n in 1..=3 {
                     let name = format!("w{n}");
                     ids.push(agent.run_detached(&[
-                        "--cpus", "0.1", "--mem", "48M", "--network", "bridge", "--name", &name,
-                        "--label", "VIP_0=/web:80", "--health-cmd",
-                        "test ! -f \"$MESOS_SANDBOX/down\"", "--health-interval", "1s",
-                        "--health-retries", "1000", "--", "python3", "-c", &named_server(&name),
+                        "--cpus",
+                        "0.1",
+                        "--mem",
+                        "48M",
+                        "--network",
+                        "bridge",
+                        "--name",
+                        &name,
+                        "--label",
+                        "VIP_0=/web:80",
+                        "--health-cmd",
+                        "test ! -f \"$MESOS_SANDBOX/down\"",
+                        "--health-interval",
+                        "1s",
+                        "--health-retries",
+                        "1000",
+                        "--",
+                        "python3",
+                        "-c",
+                        &named_server(&name),
                     ]));
                 }
                 for id in &ids {
@@ -368,7 +463,10 @@ fn cgroup_unhealthy_vip_backend_leaves_the_load_balancer() {
                 let failing_since = Instant::now();
                 std::fs::write(sandbox_of(&agent, &ids[1]).join("down"), b"").unwrap();
                 loop {
-                    if !vip_backends(&agent).iter().any(|b| b.contains(&w2_ip.to_string())) {
+                    if !vip_backends(&agent)
+                        .iter()
+                        .any(|b| b.contains(&w2_ip.to_string()))
+                    {
                         break;
                     }
                     assert!(
@@ -387,12 +485,21 @@ fn cgroup_unhealthy_vip_backend_leaves_the_load_balancer() {
                 assert_eq!(vip_backends(&agent).len(), 2);
                 let status = berth_tests::last_status(&agent.inspect(&ids[1]));
                 assert_eq!(status["healthy"], Value::Bool(false));
-                assert_eq!(agent.task_state(&ids[1]), "TASK_RUNNING", "unhealthy, not killed");
+                assert_eq!(
+                    agent.task_state(&ids[1]),
+                    "TASK_RUNNING",
+                    "unhealthy, not killed"
+                );
                 let mut counts = std::collections::BTreeMap::<String, usize>::new();
                 for _ in 0..100 {
-                    *counts.entry(greeting_of(SocketAddrV4::new(vip, 80))).or_default() += 1;
+                    *counts
+                        .entry(greeting_of(SocketAddrV4::new(vip, 80)))
+                        .or_default() += 1;
                 }
-                assert!(!counts.contains_key("w2"), "the unhealthy backend got connections: {counts:?}");
+                assert!(
+                    !counts.contains_key("w2"),
+                    "the unhealthy backend got connections: {counts:?}"
+                );
                 assert_eq!(counts.len(), 2, "{counts:?}");
                 // Healthy again: back in the VIP.
                 std::fs::remove_file(sandbox_of(&agent, &ids[1]).join("down")).unwrap();

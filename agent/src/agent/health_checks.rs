@@ -43,10 +43,7 @@ impl HealthSink for AgentSink {
             return;
         };
         let mut tasks = agent.tasks.lock().expect("tasks lock");
-        if let Some(health) = tasks
-            .get_mut(&self.task_id)
-            .and_then(|t| t.health.as_mut())
-        {
+        if let Some(health) = tasks.get_mut(&self.task_id).and_then(|t| t.health.as_mut()) {
             health.last_check = Some(task::now());
             health.last_error = result.as_ref().err().cloned();
             health.consecutive_failures = state.consecutive_failures;

@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn flags_parse_and_map_to_a_health_check() {
         assert_eq!(parse_http("8080").unwrap(), (8080, "/".into()));
-        assert_eq!(parse_http("80/healthz?x=1").unwrap(), (80, "/healthz?x=1".into()));
+        assert_eq!(
+            parse_http("80/healthz?x=1").unwrap(),
+            (80, "/healthz?x=1".into())
+        );
         assert!(parse_http("0/x").is_err());
         assert!(parse_http("/x").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), 0.5);

@@ -50,7 +50,10 @@ pub async fn ps(client: &AgentClient, args: PsArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "STATE", "HEALTH", "CPUS", "MEM", "STARTED", "EXIT"].map(String::from);
+    let header = [
+        "ID", "NAME", "STATE", "HEALTH", "CPUS", "MEM", "STARTED", "EXIT",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

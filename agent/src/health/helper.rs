@@ -108,8 +108,8 @@ fn run(pid: i32, timeout: Option<Duration>, argv: &[String]) -> Result<i32, Help
     let overrides: Vec<(String, String)> = std::env::vars().collect();
     let env = merge_env(&environ, &overrides);
     // 3. cgroups, namespaces, launch.
-    let cgroup_text = String::from_utf8_lossy(&read(&proc_root.join(format!("{pid}/cgroup")))?)
-        .into_owned();
+    let cgroup_text =
+        String::from_utf8_lossy(&read(&proc_root.join(format!("{pid}/cgroup")))?).into_owned();
     let procs_files = cgroup_procs_files(Path::new("/sys/fs/cgroup"), &cgroup_text);
     let mut launch = Launch::new(argv, &env).map_err(HelperError::Command)?;
     let cwd = env

@@ -73,7 +73,9 @@ impl TaskProbe {
 
     async fn command(&self, argv: &[String], env: &[(String, String)]) -> Result<(), String> {
         let mut cmd = tokio::process::Command::new(&self.berth_bin);
-        cmd.arg("health-exec").arg("--pid").arg(self.pid.to_string());
+        cmd.arg("health-exec")
+            .arg("--pid")
+            .arg(self.pid.to_string());
         if let Some(limit) = self.timeout {
             cmd.arg("--timeout").arg(limit.as_secs_f64().to_string());
         }

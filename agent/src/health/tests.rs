@@ -59,7 +59,10 @@ fn upstream_defaults_and_validation() {
     );
     assert!(matches!(
         HealthSpec::from_proto(&tcp_check(0)),
-        Err(HealthError::Field { field: "tcp.port", .. })
+        Err(HealthError::Field {
+            field: "tcp.port",
+            ..
+        })
     ));
     assert!(HealthSpec::from_proto(&tcp_check(70000)).is_err());
     let mut negative = tcp_check(80);
@@ -156,11 +159,17 @@ fn grace_period_ignores_failures_until_the_first_success() {
     assert_eq!(s.on_result(Ok(()), Duration::from_secs(7), &t), None);
     // After a success the grace period no longer applies.
     let v = s.on_result(fail(), Duration::from_secs(8), &t).unwrap();
-    assert_eq!((v.healthy, v.consecutive_failures, v.kill), (false, 1, false));
+    assert_eq!(
+        (v.healthy, v.consecutive_failures, v.kill),
+        (false, 1, false)
+    );
     assert_eq!(v.message.as_deref(), Some("refused"));
     assert_eq!(s.on_result(fail(), Duration::from_secs(9), &t), None);
     let v = s.on_result(fail(), Duration::from_secs(10), &t).unwrap();
-    assert_eq!((v.healthy, v.consecutive_failures, v.kill), (false, 3, true));
+    assert_eq!(
+        (v.healthy, v.consecutive_failures, v.kill),
+        (false, 3, true)
+    );
 }
 
 #[test]
@@ -171,7 +180,11 @@ fn failures_past_the_grace_period_count_and_a_success_resets() {
         .on_result(Err("x".into()), Duration::from_secs(2), &t)
         .unwrap();
     assert_eq!((v.healthy, v.consecutive_failures), (false, 1));
-    assert!(s.on_result(Ok(()), Duration::from_secs(3), &t).unwrap().healthy);
+    assert!(
+        s.on_result(Ok(()), Duration::from_secs(3), &t)
+            .unwrap()
+            .healthy
+    );
     assert_eq!(s.consecutive_failures, 0);
     assert!(
         !s.on_result(Err("x".into()), Duration::from_secs(4), &t)
@@ -202,11 +215,13 @@ struct FakeProbe {
 
 impl Probe for FakeProbe {
     async fn check(&self) -> Result<(), String> {
-        self.calls
+        self.calls.lock().unwrap().push(tokio::time::Instant::now());
+        let next = self
+            .script
             .lock()
             .unwrap()
-            .push(tokio::time::Instant::now());
-        let next = self.script.lock().unwrap().pop_front().unwrap_or(Some(true));
+            .pop_front()
+            .unwrap_or(Some(true));
         match next {
             Some(true) => Ok(()),
             Some(false) => Err("down".into()),
@@ -238,12 +253,7 @@ impl HealthSink for Recorder {
 async fn the_loop_waits_the_delay_times_out_and_kills() {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let probe = FakeProbe {
-        script: Mutex::new(VecDeque::from([
-            Some(true),
-            Some(false),
-            None,
-            Some(false),
-        ])),
+        script: Mutex::new(VecDeque::from([Some(true), Some(false), None, Some(false)])),
         calls: calls.clone(),
     };
     let sink = Recorder {
@@ -263,7 +273,10 @@ async fn the_loop_waits_the_delay_times_out_and_kills() {
         .iter()
         .map(|v| (v.healthy, v.consecutive_failures, v.kill))
         .collect();
-    assert_eq!(summary, [(true, 0, false), (false, 1, false), (false, 3, true)]);
+    assert_eq!(
+        summary,
+        [(true, 0, false), (false, 1, false), (false, 3, true)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -289,7 +302,11 @@ async fn the_loop_ends_with_the_task_and_resumes_without_the_delay() {
         .iter()
         .map(|c| (*c - begun).as_secs())
         .collect();
-    assert_eq!(at, [0, 1], "no delay after a restart; stops when the task ends");
+    assert_eq!(
+        at,
+        [0, 1],
+        "no delay after a restart; stops when the task ends"
+    );
     assert!(
         sink.reports.lock().unwrap().is_empty(),
         "already known healthy"
@@ -299,7 +316,10 @@ async fn the_loop_ends_with_the_task_and_resumes_without_the_delay() {
 #[test]
 fn http_status_lines() {
     assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Ok(Some(200)));
-    assert_eq!(parse_status_line(b"HTTP/1.0 302 Found\r\nLocation: /"), Ok(Some(302)));
+    assert_eq!(
+        parse_status_line(b"HTTP/1.0 302 Found\r\nLocation: /"),
+        Ok(Some(302))
+    );
     assert_eq!(parse_status_line(b"HTTP/1.1 503\n"), Ok(Some(503)));
     assert_eq!(parse_status_line(b"HTTP/1.1 20"), Ok(None));
     assert_eq!(parse_status_line(b""), Ok(None));
