@@ -16,7 +16,10 @@
 //! `TASK_RUNNING` update (reason `REASON_TASK_HEALTH_CHECK_STATUS_UPDATED`, `healthy` set) per
 //! change of health, and the kill, so a flapping check does not flood the status update stream
 //! (one update in flight per task, each checkpointed). The count of failures is visible in
-//! `berth inspect` (`health.consecutive_failures`).
+//! `berth inspect` (`health.consecutive_failures`). A newer health update replaces
+//! unacknowledged health updates in the task's stream
+//! ([`crate::status_updates::StatusUpdateManager::enqueue_superseding`]), so a framework that
+//! never acknowledges (a detached `berth run`) does not hold the master's view of health back.
 //!
 //! # Probes ([`probes`])
 //! - TCP: a connection to `127.0.0.1:port` in the task's network namespace: the socket is made
