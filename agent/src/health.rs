@@ -332,7 +332,10 @@ impl HealthState {
     }
 }
 
-/// One probe of a task.
+/// How long past its timeout the loop waits for a probe before abandoning it.
+pub const PROBE_TIMEOUT_SLACK: Duration = Duration::from_secs(1);
+
+/// One probe of a task (bounded by the check's timeout itself; see [`PROBE_TIMEOUT_SLACK`]).
 pub trait Probe: Send + Sync + 'static {
     /// Probes once: `Err(why)` is a failure.
     fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
@@ -375,10 +378,14 @@ pub async fn run_checker<P: Probe, S: HealthSink>(
             return;
         }
         let result = match timing.timeout {
-            Some(limit) => match tokio::time::timeout(limit, probe.check()).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("timed out after {}s", limit.as_secs_f64())),
-            },
+            // Real probes bound themselves (a COMMAND's helper kills its process group, which
+            // dropping it from here would not); this bound is the backstop.
+            Some(limit) => {
+                match tokio::time::timeout(limit + PROBE_TIMEOUT_SLACK, probe.check()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("timed out after {}s", limit.as_secs_f64())),
+                }
+            }
             None => probe.check().await,
         };
         if !sink.running() {

@@ -34,6 +34,18 @@ pub struct TaskProbe {
 
 impl Probe for TaskProbe {
     async fn check(&self) -> Result<(), String> {
+        match (&self.spec, self.timeout) {
+            // The helper enforces the timeout itself, killing the command's process group.
+            (ProbeSpec::Command { .. }, _) | (_, None) => self.check_unbounded().await,
+            (_, Some(limit)) => tokio::time::timeout(limit, self.check_unbounded())
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {}s", limit.as_secs_f64()))),
+        }
+    }
+}
+
+impl TaskProbe {
+    async fn check_unbounded(&self) -> Result<(), String> {
         match &self.spec {
             ProbeSpec::Tcp { port, ipv6 } => {
                 self.connect(*port, *ipv6).await?;
@@ -51,9 +63,7 @@ impl Probe for TaskProbe {
             ProbeSpec::Command { argv, env } => self.command(argv, env).await,
         }
     }
-}
 
-impl TaskProbe {
     async fn connect(&self, port: u16, ipv6: bool) -> Result<tokio::net::TcpStream, String> {
         let ns = self.proc_root.join(format!("{}/ns/net", self.pid));
         let fd = socket_in_netns(ns.clone(), ipv6)
