@@ -25,6 +25,8 @@ use crate::{
 use crate::task_spec::container_config;
 pub use crate::task_spec::labels;
 
+mod health_checks;
+
 /// The checkpoint of the agent id a master gave (`<work-dir>/meta/agent.json`, `{"id": ...}`).
 pub const AGENT_ID_FILE: &str = "agent.json";
 
@@ -265,6 +267,7 @@ impl Agent {
                     if state.as_deref() != Some("TASK_RUNNING") {
                         self.update(&task_id, mesos::TaskState::TaskRunning, None, None);
                     }
+                    self.start_health_check(&task_id);
                     let agent = self.clone();
                     tokio::spawn(async move { agent.wait_container(task_id, container_id).await });
                 }
@@ -438,6 +441,18 @@ impl Agent {
         message: Option<String>,
         reason: Option<mesos::task_status::Reason>,
     ) {
+        self.update_status(task_id, state, message, reason, None);
+    }
+
+    /// [`Self::update`] with the task's health (`TaskStatus.healthy`).
+    fn update_status(
+        &self,
+        task_id: &str,
+        state: mesos::TaskState,
+        message: Option<String>,
+        reason: Option<mesos::task_status::Reason>,
+        healthy: Option<bool>,
+    ) {
         let source = if reason.is_some_and(|r| {
             matches!(
                 r,
@@ -457,6 +472,7 @@ impl Agent {
             source: source.as_str_name().to_string(),
             uuid: task::hex_encode(uuid::Uuid::new_v4().as_bytes()),
             acked: false,
+            healthy,
         };
         let (framework_id, status) = {
             let mut tasks = self.tasks.lock().expect("tasks lock");
@@ -479,8 +495,25 @@ impl Agent {
             crash_point_after_checkpoint(state);
             (task.framework_id.clone(), status)
         };
-        info!(task_id, state = state.as_str_name(), "status update");
-        self.updates.enqueue(&framework_id, task_id, status);
+        info!(
+            task_id,
+            state = state.as_str_name(),
+            ?healthy,
+            "status update"
+        );
+        if reason == Some(mesos::task_status::Reason::TaskHealthCheckStatusUpdated)
+            && state == mesos::TaskState::TaskRunning
+        {
+            let dropped = self.updates.enqueue_superseding(
+                &framework_id,
+                task_id,
+                status,
+                health_checks::is_health_update,
+            );
+            health_checks::mark_superseded(self, task_id, &dropped);
+        } else {
+            self.updates.enqueue(&framework_id, task_id, status);
+        }
         self.flush_updates();
     }
 
@@ -508,6 +541,8 @@ impl Agent {
                     .remove(&task_id);
                 if let Some(grace) = pending_kill {
                     let _ = self.containerizer.kill(&container_id, grace).await;
+                } else {
+                    self.start_health_check(&task_id);
                 }
                 self.wait_container(task_id, container_id).await;
             }
@@ -549,12 +584,18 @@ impl Agent {
     }
 
     async fn finish(&self, task_id: &str, container_id: &str, termination: Termination) {
-        let (state, message, reason, code) = terminal_status(&termination);
+        let (state, mut message, mut reason, code) = terminal_status(&termination);
+        let mut healthy = None;
         if let Some(task) = self.tasks.lock().expect("tasks lock").get_mut(task_id) {
             task.exit_code = code;
             task.pid = None;
+            if let Some(why) = health_checks::killed_by_check(task.health.as_ref()) {
+                message = format!("{message} ({why})");
+                reason = Some(mesos::task_status::Reason::TaskHealthCheckStatusUpdated);
+                healthy = Some(false);
+            }
         }
-        self.update(task_id, state, Some(message), reason);
+        self.update_status(task_id, state, Some(message), reason, healthy);
         if let Err(err) = self.containerizer.destroy(container_id).await {
             warn!(task_id, container_id, error = %err, "destroy after exit");
         }
@@ -740,6 +781,7 @@ impl AgentPort for Arc<Agent> {
                 grace_secs: grace.as_secs_f64(),
                 framework_info: berth_proto::codec::to_json(framework),
                 ip: None,
+                health: None,
             };
             self.checkpoint_task(&record);
             tasks.insert(task_id.clone(), record);

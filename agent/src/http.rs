@@ -149,6 +149,7 @@ fn task_summary(task: &TaskRecord) -> Value {
         "exit_code": task.exit_code,
         "framework_id": task.framework_id,
         "container_id": task.container_id,
+        "health": task.health.as_ref().map(|h| h.label()),
     })
 }
 
@@ -211,6 +212,7 @@ async fn inspect_task(State(state): State<AppState>, Path(id): Path<String>) -> 
         },
         "resources": {"cpus": task.limits.cpus, "mem_mb": task.limits.mem_mb, "pids": task.limits.pids},
         "usage": usage,
+        "health": task.health,
         "statuses": task.statuses,
     }))
     .into_response()

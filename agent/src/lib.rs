@@ -12,6 +12,7 @@
 //!   same wire protocol from the master's side) and its Mesos v1 scheduler HTTP API.
 //! - [`http`]: `/health`, `/state`, `/metrics`, the operator endpoints under `/api/berth/v1`;
 //!   [`operator_api`]: the Mesos v1 agent operator API (`/api/v1`) and the v0 `/state` document.
+//! - [`health`]: task health checks (TCP, HTTP, COMMAND), Mesos `TaskInfo.health_check`.
 //! - [`cli`]: `berth run | ps | logs | kill | inspect`.
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod checkpoint;
 pub mod cli;
 pub mod daemon;
+pub mod health;
 pub mod http;
 pub mod isolation;
 pub mod l4lb;

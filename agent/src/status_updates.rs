@@ -52,6 +52,38 @@ impl StatusUpdateManager {
         stream.pending.push_back(status);
     }
 
+    /// Queues an update that makes the unacknowledged updates at the end of the task's stream
+    /// for which `superseded` holds obsolete (health-only `TASK_RUNNING` updates: only the
+    /// latest health matters). Those are dropped, even the one in flight (a late
+    /// acknowledgement of it then matches nothing), and their uuids returned; when the front
+    /// was dropped, the new update is due at once. A framework that acknowledges promptly sees
+    /// every update; one that does not (a detached `berth run`) no longer blocks the master's
+    /// view of the task's health behind an update nobody will acknowledge.
+    pub fn enqueue_superseding(
+        &self,
+        framework_id: &str,
+        task_id: &str,
+        status: mesos::TaskStatus,
+        superseded: impl Fn(&mesos::TaskStatus) -> bool,
+    ) -> Vec<Vec<u8>> {
+        let mut dropped = Vec::new();
+        {
+            let mut streams = self.streams.lock().expect("streams lock");
+            if let Some(stream) = streams.get_mut(task_id) {
+                while stream.pending.back().is_some_and(&superseded) {
+                    let old = stream.pending.pop_back().expect("checked");
+                    dropped.extend(old.uuid);
+                    if stream.pending.is_empty() {
+                        stream.next_send = None;
+                        stream.backoff = RETRY_INITIAL;
+                    }
+                }
+            }
+        }
+        self.enqueue(framework_id, task_id, status);
+        dropped
+    }
+
     /// The updates to send now: the front of each stream if it was never sent or its retry
     /// time has come. Marks them in flight and schedules their retry.
     pub fn due(&self, now: Instant) -> Vec<(String, mesos::TaskStatus)> {
@@ -144,6 +176,34 @@ mod tests {
         assert!(m.acknowledge("t", &[1]));
         assert_eq!(m.due(t0 + Duration::from_secs(30))[0].1.uuid, Some(vec![2]));
         assert!(m.acknowledge("t", &[2]));
+        assert_eq!(m.pending(), 0);
+    }
+
+    #[test]
+    fn health_updates_supersede_unacknowledged_health_updates() {
+        let m = StatusUpdateManager::new();
+        let t0 = Instant::now();
+        let health = |s: &mesos::TaskStatus| s.healthy.is_some();
+        let mut running = status(1);
+        running.healthy = None;
+        m.enqueue("f", "t", running);
+        let mut up = status(2);
+        up.healthy = Some(true);
+        assert!(m.enqueue_superseding("f", "t", up, health).is_empty());
+        // The plain update is in flight and stays; it is acknowledged, then `up` goes out.
+        assert_eq!(m.due(t0)[0].1.uuid, Some(vec![1]));
+        assert!(m.acknowledge("t", &[1]));
+        assert_eq!(m.due(t0)[0].1.uuid, Some(vec![2]));
+        // Nobody acknowledges `up`: `down` replaces it and is due at once.
+        let mut down = status(3);
+        down.healthy = Some(false);
+        assert_eq!(m.enqueue_superseding("f", "t", down, health), vec![vec![2]]);
+        assert_eq!(m.due(t0)[0].1.uuid, Some(vec![3]));
+        assert!(
+            !m.acknowledge("t", &[2]),
+            "a late ack of the dropped update"
+        );
+        assert!(m.acknowledge("t", &[3]));
         assert_eq!(m.pending(), 0);
     }
 

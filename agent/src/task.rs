@@ -42,6 +42,9 @@ pub struct TaskRecord {
     /// The container's address on the node bridge (`--network bridge`), once it runs.
     #[serde(default)]
     pub ip: Option<String>,
+    /// Health of a task with a health check (`None` for tasks without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::TaskHealth>,
 }
 
 /// Limits of a task's container, as derived from its resources and labels.
@@ -72,6 +75,9 @@ pub struct StatusRecord {
     pub uuid: String,
     /// Whether the master acknowledged it.
     pub acked: bool,
+    /// The task's health as this update reports it (`TaskStatus.healthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 impl StatusRecord {
@@ -87,6 +93,7 @@ impl StatusRecord {
             timestamp: Some(self.timestamp),
             message: self.message.clone(),
             uuid: hex_decode(&self.uuid),
+            healthy: self.healthy,
             container_status: Some(mesos::ContainerStatus {
                 container_id: Some(mesos::ContainerId {
                     value: container_id.to_string(),
@@ -245,6 +252,7 @@ mod tests {
             source: "SOURCE_EXECUTOR".into(),
             uuid: "00ff".into(),
             acked: false,
+            healthy: Some(false),
         };
         let status = record.to_proto("t1", "a1", "c1");
         assert_eq!(status.state(), mesos::TaskState::TaskFailed);
@@ -253,5 +261,6 @@ mod tests {
             mesos::task_status::Reason::ContainerLimitationMemory
         );
         assert_eq!(status.uuid.as_deref(), Some(&[0u8, 0xff][..]));
+        assert_eq!(status.healthy, Some(false));
     }
 }

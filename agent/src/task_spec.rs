@@ -443,6 +443,9 @@ pub(crate) fn container_config(
     sandbox: &Path,
 ) -> Result<(ContainerConfig, TaskLimits), String> {
     let image = image_of(task)?;
+    if let Some(check) = &task.health_check {
+        crate::health::HealthSpec::from_proto(check).map_err(|e| e.to_string())?;
+    }
     let (argv, argv_kind) = command_of(task, image.is_some())?;
     let resources = ResourceSet::from_proto(&task.resources);
     let cpus = resources.scalar("cpus");

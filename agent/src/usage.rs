@@ -216,6 +216,7 @@ mod tests {
                 grace_secs: 3.0,
                 framework_info: Value::Null,
                 ip: None,
+                health: None,
             },
             usage: Usage {
                 cpu_usage_ns: 2_500_000_000,

@@ -31,6 +31,14 @@ fn main() {
     if let Command::Oci(args) = cli.command {
         std::process::exit(berth_agent::cli::oci::main(*args));
     }
+    // So does the health check helper (it forks into a container).
+    if let Command::HealthExec(args) = &cli.command {
+        std::process::exit(berth_agent::health::helper::main(
+            args.pid,
+            args.timeout,
+            &args.command,
+        ));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,7 +78,9 @@ fn main() {
             Command::Update(args) => ops::update(&client, args).await,
             Command::Net(args) => berth_agent::cli::net::run(&client, args).await,
             Command::Image(args) => image::run(args).await,
-            Command::Oci(_) => unreachable!("handled before the runtime starts"),
+            Command::Oci(_) | Command::HealthExec(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         };
         match result {
             Ok(code) => code,

@@ -2,6 +2,7 @@
 //! an agent's HTTP API; `run` is a Mesos v1 scheduler (a framework) of its own.
 
 pub mod client;
+pub mod health_args;
 pub mod image;
 pub mod isolation_args;
 pub mod net;
@@ -57,6 +58,23 @@ pub enum Command {
     Image(image::ImageArgs),
     /// berth as an OCI runtime (runc's command line: create, start, state, kill, delete, ...).
     Oci(Box<oci::OciArgs>),
+    /// (internal) Runs a COMMAND health check inside a running container; the agent starts it.
+    #[command(name = "health-exec", hide = true)]
+    HealthExec(HealthExecArgs),
+}
+
+/// Arguments of the hidden `berth health-exec` (see [`crate::health::helper`]).
+#[derive(Debug, Args)]
+pub struct HealthExecArgs {
+    /// Host pid of the container's init.
+    #[arg(long)]
+    pub pid: i32,
+    /// Seconds the command may run before its process group is killed.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Flags of `berth master`.
@@ -154,6 +172,9 @@ pub struct RunArgs {
     /// Isolation: limits beyond cpus/mem, capabilities, seccomp, volumes, user namespace.
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    /// Health check of the task (Mesos `TaskInfo.health_check`).
+    #[command(flatten)]
+    pub health: health_args::HealthArgs,
     /// Run in this image's root filesystem (pulled by the agent when absent); the command
     /// then replaces the image's Cmd and may be omitted (its Entrypoint and Cmd run).
     #[arg(long, value_name = "REF")]
@@ -182,6 +203,7 @@ impl RunArgs {
                 seccomp: "default".into(),
                 ..Default::default()
             },
+            health: Default::default(),
             image: None,
             command: vec!["/bin/sh".into(), "-c".into(), shell_command.into()],
         }

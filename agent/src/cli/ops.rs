@@ -24,7 +24,7 @@ pub async fn ps(client: &AgentClient, args: PsArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&tasks)?);
         return Ok(0);
     }
-    let rows: Vec<[String; 7]> = tasks
+    let rows: Vec<[String; 8]> = tasks
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -36,6 +36,10 @@ pub async fn ps(client: &AgentClient, args: PsArgs) -> anyhow::Result<i32> {
                 s("id"),
                 s("name"),
                 s("state").trim_start_matches("TASK_").to_string(),
+                t.get("health")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string(),
                 n("cpus").map(|c| format!("{c}")).unwrap_or_default(),
                 n("mem_mb").map(|m| format!("{m}M")).unwrap_or_default(),
                 n("started_at").map(ago).unwrap_or_else(|| "-".into()),
@@ -46,7 +50,10 @@ pub async fn ps(client: &AgentClient, args: PsArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "STATE", "CPUS", "MEM", "STARTED", "EXIT"].map(String::from);
+    let header = [
+        "ID", "NAME", "STATE", "HEALTH", "CPUS", "MEM", "STARTED", "EXIT",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

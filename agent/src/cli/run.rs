@@ -31,6 +31,9 @@ pub async fn run(agent_url: &str, args: RunArgs) -> anyhow::Result<i32> {
     args.isolation
         .apply(&mut mesos::ContainerInfo::default(), &mut Vec::new())
         .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(check) = args.health.to_proto() {
+        crate::health::HealthSpec::from_proto(&check).map_err(|e| anyhow::anyhow!(e))?;
+    }
     check_against_node(&client, &request).await?;
     let task_id = format!(
         "{}-{}",
@@ -306,6 +309,7 @@ impl Session {
             labels: (!labels_list.is_empty()).then_some(mesos::Labels {
                 labels: labels_list,
             }),
+            health_check: args.health.to_proto(),
             ..Default::default()
         }
     }
@@ -332,7 +336,12 @@ impl Session {
                 println!("{}", self.task_id);
                 return Ok(Some(0));
             }
-            _ if !task::is_terminal(state.as_str_name()) => return Ok(None),
+            _ if !task::is_terminal(state.as_str_name()) => {
+                if status.reason() == mesos::task_status::Reason::TaskHealthCheckStatusUpdated {
+                    eprintln!("berth: {}", status.message.unwrap_or_default());
+                }
+                return Ok(None);
+            }
             _ => {}
         }
         // Terminal: flush the output, then exit like the task did.
@@ -342,7 +351,12 @@ impl Session {
         let message = status.message.clone().unwrap_or_default();
         let code = match state {
             mesos::TaskState::TaskFinished => 0,
-            mesos::TaskState::TaskKilled => 137,
+            mesos::TaskState::TaskKilled => {
+                if status.healthy == Some(false) {
+                    eprintln!("berth: {message}");
+                }
+                137
+            }
             mesos::TaskState::TaskFailed => {
                 let record = self
                     .client

@@ -171,6 +171,7 @@ fn status(state: &str, at: f64, acked: bool) -> StatusRecord {
         source: "SOURCE_EXECUTOR".into(),
         uuid: "00ff".into(),
         acked,
+        healthy: None,
     }
 }
 
@@ -238,6 +239,7 @@ fn task(id: &str, framework: &str, created: f64, statuses: Vec<StatusRecord>) ->
         grace_secs: 3.0,
         framework_info: framework_json(&format!("{framework}-name"), framework == "fw-multi"),
         ip: None,
+        health: None,
     }
 }
 
