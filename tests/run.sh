@@ -40,7 +40,7 @@ summary() {
   echo
   echo "================ berth test suite summary ($(( $(date +%s) - START ))s) ================"
   for i in "${!PHASES[@]}"; do
-    printf '  %-7s %s\n' "${PHASES[$i]}" "${RESULTS[$i]}"
+    printf '  %-9s %s\n' "${PHASES[$i]}" "${RESULTS[$i]}"
     case ${RESULTS[$i]} in ok*|skipped*) ;; *) failed=1 ;; esac
   done
   [ -n "$HOST_COUNTS" ] && echo "  host tests: $HOST_COUNTS"
