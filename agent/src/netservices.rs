@@ -53,7 +53,10 @@ pub async fn start(
         ..NftConfig::default()
     };
     let mut lb: Box<dyn VipBalancer> = match lb_backend {
-        LbBackend::Nftables => Box::new(LoadBalancer::new(nft, cfg)),
+        LbBackend::Nftables => {
+            remove_ipvs_leftovers(nft.clone(), &cfg, vip_range).await;
+            Box::new(LoadBalancer::new(nft, cfg))
+        }
         LbBackend::Ipvs => {
             let ipvs = Arc::new(IpvsNetlink::new().context("--lb-backend ipvs")?);
             let cfg = IpvsConfig {
@@ -101,6 +104,32 @@ pub async fn start(
         resolv_conf,
         _server: server,
     })
+}
+
+/// After a run with `--lb-backend ipvs`, the nftables balancer would share VIPs with IPVS
+/// services still there: removes berth's services, the dummy link and the masquerade set. Only
+/// where the dummy link exists, so a kernel without ip_vs is never asked to load it.
+async fn remove_ipvs_leftovers(nft: Arc<dyn NftExec>, cfg: &NftConfig, vip_range: Ipv4Net) {
+    let cfg = IpvsConfig {
+        vip_range,
+        nft: cfg.clone(),
+        ..IpvsConfig::default()
+    };
+    let removed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        if !berth_net::ipvs::link_exists(None, &cfg.dummy)? {
+            return Ok(false);
+        }
+        let ipvs = Arc::new(IpvsNetlink::new()?);
+        IpvsBalancer::new(ipvs, nft, cfg).teardown()?;
+        Ok(true)
+    })
+    .await;
+    match removed {
+        Ok(Ok(true)) => info!("removed the IPVS services and VIP addresses of an earlier run"),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => warn!(error = %err, "removing IPVS leftovers of an earlier run"),
+        Err(err) => warn!(error = %err, "removing IPVS leftovers of an earlier run"),
+    }
 }
 
 /// Keeps the DNS table in step with the tasks: VIP names of running backends, task names of

@@ -29,7 +29,7 @@ mod netlink;
 mod nl;
 
 pub use balancer::{IpvsBalancer, IpvsConfig};
-pub use netlink::IpvsNetlink;
+pub use netlink::{IpvsNetlink, link_exists};
 
 /// The dummy link VIP addresses are bound to.
 pub const DEFAULT_DUMMY: &str = "berth-ipvs0";

@@ -14,12 +14,13 @@ use berth_net::lb::{Backend, DEFAULT_VIP_RANGE, LbState, VipBalancer, VipKey, Vi
 use berth_net::nft::{NftConfig, NftNetlink, Proto};
 use support::*;
 
-/// Root, the tools, and IPVS in the kernel; `true`: skip (only with BERTH_TEST_ALLOW_SKIP=1).
-fn must_skip_ipvs() -> bool {
+/// Root, the tools, and IPVS in the kernel (probed in a namespace named after the test's
+/// `tag`, as tests run in parallel); `true`: skip (only with BERTH_TEST_ALLOW_SKIP=1).
+fn must_skip_ipvs(tag: &str) -> bool {
     if must_skip(&["ip", "nft"]) {
         return true;
     }
-    let probe = Ns::new("ipvs-probe");
+    let probe = Ns::new(&format!("{tag}-probe"));
     match IpvsNetlink::in_netns(probe.nsref()) {
         Ok(_) => false,
         Err(e) => skip_or_fail(&format!(
@@ -78,7 +79,7 @@ fn assert_torn_down(n: &Node) {
 
 #[test]
 fn ipvs_vip_spreads_connections_and_drops_removed_backends() {
-    if must_skip_ipvs() {
+    if must_skip_ipvs("iv") {
         return;
     }
     let rt = runtime();
@@ -160,6 +161,9 @@ fn ipvs_vip_spreads_connections_and_drops_removed_backends() {
     let stats = again.apply(&state).unwrap();
     assert!(stats.full && stats.added + stats.deleted == 0, "{stats:?}");
 
+    // The dummy link is what a later nftables run looks for to clean up after IPVS.
+    assert!(berth_net::ipvs::link_exists(Some(&n.ns.nsref()), "berth-ipvs0").unwrap());
+
     // The VIP goes entirely: service and address removed.
     lb.apply(&LbState::default()).unwrap();
     assert!(proc_services(&n).is_empty());
@@ -167,11 +171,12 @@ fn ipvs_vip_spreads_connections_and_drops_removed_backends() {
     assert!(!addrs.contains(&key.addr.to_string()), "{addrs}");
     lb.teardown().unwrap();
     assert_torn_down(&n);
+    assert!(!berth_net::ipvs::link_exists(Some(&n.ns.nsref()), "berth-ipvs0").unwrap());
 }
 
 #[test]
 fn ipvs_udp_vip_moves_a_flow_off_a_removed_backend() {
-    if must_skip_ipvs() {
+    if must_skip_ipvs("ivu") {
         return;
     }
     let rt = runtime();
@@ -222,7 +227,7 @@ fn ipvs_udp_vip_moves_a_flow_off_a_removed_backend() {
 
 #[test]
 fn ipvs_first_apply_removes_stale_berth_services_and_keeps_foreign_ones() {
-    if must_skip_ipvs() {
+    if must_skip_ipvs("ivs") {
         return;
     }
     let rt = runtime();

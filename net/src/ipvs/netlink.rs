@@ -159,6 +159,25 @@ impl IpvsNetlink {
     }
 }
 
+/// Whether link `name` exists in `netns` (the caller's if `None`), without needing IPVS: a
+/// node switched back to the nftables balancer uses it to find what an IPVS run left behind.
+pub fn link_exists(netns: Option<&NetnsRef>, name: &str) -> Result<bool, IpvsError> {
+    let ns = netns.map_or_else(|| "current".to_string(), ToString::to_string);
+    let look = || -> std::io::Result<bool> {
+        let mut conn = Conn::open(NETLINK_ROUTE)?;
+        Ok(dummy::index(&mut conn, name)?.is_some())
+    };
+    let found = match netns {
+        Some(n) => n.run(look)?,
+        None => look(),
+    };
+    found.map_err(|source| IpvsError::Link {
+        op: "look up",
+        link: format!("{name} in {ns}"),
+        source,
+    })
+}
+
 /// `modprobe ip_vs`, described for the error message.
 fn modprobe_ip_vs() -> String {
     match Command::new("modprobe").arg("ip_vs").output() {

@@ -219,6 +219,10 @@ fn later_applies_touch_only_what_changed() {
             "add_dest 11.0.0.1:443/tcp 9.0.1.2:443"
         ]
     );
+    // ...and its port 80 going keeps the address, still used by 443.
+    lb.apply(&state(&[(web2, &[be(2, 443)])])).unwrap();
+    assert_eq!(ipvs.take_ops(), vec!["del_service 11.0.0.1:80/tcp"]);
+    assert!(ipvs.snapshot().dummy.unwrap().contains(&web.addr));
 }
 
 #[test]
