@@ -359,7 +359,8 @@ fn vm_ipvs_vip_spreads_connections_over_running_backends() {
                 netns.enter();
                 let agent = Agent::start_with(&["--network-services", "--lb-backend", "ipvs"]);
                 let ls = agent.berth(&["net", "ls"]);
-                assert!(ls.stdout.contains("LOAD BALANCER: ipvs"), "{}", ls.stdout);
+                ls.assert_success();
+                assert!(ls.stdout.contains("LOAD BALANCER: ipvs"), "{}{}", ls.stdout, ls.stderr);
                 let vip = web_vip_spread(&agent);
                 // IPVS balanced them: the VIP is an IPVS service with three real servers (this
                 // thread's namespace: /proc/thread-self), bound to the dummy link.
@@ -387,6 +388,32 @@ fn vm_ipvs_vip_spreads_connections_over_running_backends() {
                 for name in ["w2", "w3"] {
                     agent.berth(&["kill", name]).assert_success();
                 }
+                drop(agent);
+                // Back to the nftables balancer on this node: what the IPVS run left (the
+                // dummy link and the nft set; its services went with their last backends) is
+                // removed at start.
+                let ip_vs = || std::fs::read_to_string("/proc/thread-self/net/ip_vs").unwrap();
+                let link = || {
+                    Command::new("ip")
+                        .args(["link", "show", "berth-ipvs0"])
+                        .output()
+                        .unwrap()
+                        .status
+                        .success()
+                };
+                assert!(link(), "berth-ipvs0 outlives its agent");
+                let agent = Agent::start_with(&["--network-services"]);
+                let ls = agent.berth(&["net", "ls"]);
+                ls.assert_success();
+                assert!(ls.stdout.contains("LOAD BALANCER: nftables"), "{}{}", ls.stdout, ls.stderr);
+                assert!(!ip_vs().contains("TCP"), "{}", ip_vs());
+                assert!(!link(), "berth-ipvs0 is left");
+                let nft = Command::new("nft")
+                    .args(["list", "table", "ip", "berth"])
+                    .output()
+                    .unwrap();
+                let nft = String::from_utf8_lossy(&nft.stdout);
+                assert!(!nft.contains("ipvs_"), "{nft}");
                 drop(agent);
             })
             .join()
