@@ -10,13 +10,16 @@
 #             processes under /tmp/berth-test-<pid>-* (only when <pid> is no longer alive, so a
 #             concurrent run is never touched)
 #   3. build  cargo build --workspace --bins (the e2e tests run target/debug/berth)
-#   4. host   cargo nextest run --workspace --no-fail-fast (this host: cgroup v1 hybrid)
+#   4. host   cargo nextest run --workspace --no-fail-fast (this host: cgroup v1 hybrid), except
+#             the tests that need the VM's kernel: `vm_*` e2e tests and berth-net's ipvs_real
+#             (this host's kernel has no ip_vs)
 #   4b. leftovers  no test namespace, berth link, nftables table, route, cgroup or mount may
 #             remain in the host's namespaces after the host tests (found ones are named, then swept)
 #   5. vm     the cgroup-sensitive tests again inside a cgroup v2 microVM (tests/vm/berth-v2vm):
 #             isolators' cgroups_real-* and disk_real-* (all tests: the disk quota tests need the
 #             Debian kernel's quota formats) and berth-tests' e2e `cgroup_*` tests, with
-#             BERTH_TEST_CGROUP=v2 so they assert they really ran on v2
+#             BERTH_TEST_CGROUP=v2 so they assert they really ran on v2; and the tests only the
+#             VM's kernel can run: berth-net's ipvs_real-* (all tests) and berth-tests' `vm_*`
 # Every phase after the build runs even if an earlier one failed; the script exits non-zero if any
 # phase failed and ends with a summary naming them.
 #
@@ -151,10 +154,12 @@ record build ok
 # ---- 4. host tests (cgroup v1 hybrid here) ----------------------------------------------------
 # The disk quota tests need a kernel with quota formats (QFMT_V2 / XFS_QUOTA), which this host's
 # kernel lacks: they run in the microVM phase (Debian kernel) instead, so they are never skipped.
-say "host: cargo nextest run --workspace --no-fail-fast (quota_mode_on_* run in the VM phase)"
+# The same for IPVS (ip_vs is not in this host's kernel): berth-net's ipvs_real and the `vm_*` e2e
+# tests are not selected here; the VM phase runs them.
+say "host: cargo nextest run --workspace --no-fail-fast (quota_mode_on_*, vm_* and ipvs_real run in the VM phase)"
 cargo nextest run --workspace --no-fail-fast \
   --tool-config-file "berth-tests:$REPO/tests/nextest.toml" \
-  -E 'not test(/^quota_mode_on_/)' 2>&1 | tee "$LOGDIR/host.log"
+  -E 'not test(/^quota_mode_on_/) and not test(/^vm_/) and not binary_id(berth-net::ipvs_real)' 2>&1 | tee "$LOGDIR/host.log"
 host_rc=${PIPESTATUS[0]}
 HOST_COUNTS=$(sed -nE 's/\x1b\[[0-9;]*m//g; s/^ *Summary \[.*\] +(.*)$/\1/p' "$LOGDIR/host.log" | tail -1)
 if [ "$host_rc" = 0 ]; then record host ok; else record host "FAILED (cargo nextest exit $host_rc)"; fi
@@ -203,9 +208,9 @@ leftovers
 # ---- 5. cgroup v2 microVM ---------------------------------------------------------------------
 vm_phase() {
   # only the packages whose tests run in the VM (their test executables are already built by nextest)
-  say "vm: locating test executables (cargo test -p berth-isolators -p berth-tests --no-run)"
+  say "vm: locating test executables (cargo test -p berth-isolators -p berth-tests -p berth-net --no-run)"
   local json=$LOGDIR/test-artifacts.json
-  if ! cargo test -p berth-isolators -p berth-tests --no-run --message-format=json > "$json" 2> "$LOGDIR/vm-build.log"; then
+  if ! cargo test -p berth-isolators -p berth-tests -p berth-net --no-run --message-format=json > "$json" 2> "$LOGDIR/vm-build.log"; then
     cat "$LOGDIR/vm-build.log" >&2
     record vm "FAILED: cargo test --no-run failed"
     return
@@ -221,12 +226,18 @@ vm_phase() {
       specs+=("all:$exe")
     elif [ "$name" = disk_real ] && [ "$manifest" = "$REPO/isolators/Cargo.toml" ]; then
       specs+=("all:$exe")
+    elif [ "$name" = ipvs_real ] && [ "$manifest" = "$REPO/net/Cargo.toml" ]; then
+      specs+=("all:$exe")
     elif [ "$manifest" = "$REPO/tests/Cargo.toml" ]; then
-      specs+=("cgroup:$exe")
+      specs+=("cgroup:$exe" "vm:$exe")
     fi
   done <<<"$arts"
   if ! printf '%s\n' "${specs[@]}" | grep -q '^all:.*/cgroups_real-'; then
     record vm "FAILED: isolators/tests/cgroups_real.rs (test binary cgroups_real-*) not found"
+    return
+  fi
+  if ! printf '%s\n' "${specs[@]}" | grep -q '^all:.*/ipvs_real-'; then
+    record vm "FAILED: net/tests/ipvs_real.rs (test binary ipvs_real-*) not found"
     return
   fi
   if ! printf '%s\n' "${specs[@]}" | grep -q '^cgroup:'; then

@@ -129,6 +129,11 @@ pub struct AgentFlags {
     /// bridge gateway (`*.l4lb.berth.directory`, `task.framework.berth.directory`).
     #[arg(long)]
     pub network_services: bool,
+    /// The load balancer of the network services: `nftables` (slot maps in the `berth` table)
+    /// or `ipvs` (IPVS virtual services, VIP addresses on the dummy link `berth-ipvs0`; needs
+    /// the ip_vs kernel module, the agent refuses to start without it).
+    #[arg(long, default_value = "nftables", value_name = "nftables|ipvs")]
+    pub lb_backend: berth_net::lb::LbBackend,
     /// The range node subnets are leased from.
     #[arg(long, default_value = "9.0.0.0/8")]
     pub overlay_pool: String,
@@ -158,6 +163,15 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     }
     if !flags.dev && flags.master.is_none() {
         bail!("berth agent needs --master HOST:PORT|zk://... or --dev");
+    }
+    if flags.lb_backend == berth_net::lb::LbBackend::Ipvs
+        && !(flags.overlay || flags.network_services)
+    {
+        bail!("--lb-backend ipvs needs the network services (--network-services or --overlay)");
+    }
+    if flags.lb_backend == berth_net::lb::LbBackend::Ipvs {
+        // Refuse at once, before anything is created, on a kernel without ip_vs.
+        berth_net::ipvs::IpvsNetlink::new().context("--lb-backend ipvs")?;
     }
     // 2. Directories and the work dir lock.
     for dir in [&flags.work_dir, &flags.runtime_dir] {
@@ -375,9 +389,14 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         // The whole cluster's tasks (VIP backends anywhere, DNS names of every task), from the
         // leading master's operator event stream.
         let (stream, tasks) = crate::netservices::cluster_tasks(detector.leader());
-        let services =
-            crate::netservices::start(net_view.bridge.clone(), nft, tasks, &flags.runtime_dir)
-                .await?;
+        let services = crate::netservices::start(
+            net_view.bridge.clone(),
+            nft,
+            flags.lb_backend,
+            tasks,
+            &flags.runtime_dir,
+        )
+        .await?;
         net_view.lb = Some(services.lb.clone());
         Some((services, stream))
     } else {

@@ -4,15 +4,17 @@
 //! hashed into 11.0.0.0/8) or `VIP_<n>=ip:port` are backends of that VIP while they run (and are
 //! healthy, when they have a health check), at their container address and the VIP's port.
 //! `VIP_<n>_PROTOCOL=udp` makes VIP n a UDP one (TCP otherwise). The desired state is rebuilt from
-//! the cluster's task list on every change and applied by `berth_net::lb::LoadBalancer` as one
-//! nftables transaction that touches only the changed map elements (UDP conntrack entries of a
-//! removed backend are flushed).
+//! the cluster's task list on every change and applied by the node's `VipBalancer`: by default
+//! `berth_net::lb::LoadBalancer`, one nftables transaction that touches only the changed map
+//! elements (UDP conntrack entries of a removed backend are flushed); with `--lb-backend ipvs`
+//! `berth_net::ipvs::IpvsBalancer`, IPVS services and destinations added and removed one by
+//! one.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Instant};
 
 use berth_net::{
     Ipv4Net,
-    lb::{Backend, LbState, LoadBalancer, VipLabel, parse_vip_labels},
+    lb::{Backend, LbBackend, LbState, VipBalancer, VipLabel, parse_vip_labels},
     nft::Proto,
 };
 use serde::Serialize;
@@ -69,6 +71,8 @@ pub fn vip_range() -> Ipv4Net {
 /// What `berth net` shows of the load balancer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LbStatus {
+    /// The balancer in use (`nftables` or `ipvs`).
+    pub backend: LbBackend,
     /// VIP (`addr:port/proto`, with its name) → backends (`ip:port`).
     pub vips: BTreeMap<String, Vec<String>>,
     /// Label problems of tasks (typos), by task.
@@ -150,11 +154,14 @@ fn describe(state: &LbState) -> BTreeMap<String, Vec<String>> {
 
 /// Applies the VIPs of `tasks` on every change, until the sender is gone.
 pub fn spawn(
-    lb: LoadBalancer,
+    lb: Box<dyn VipBalancer>,
     mut tasks: watch::Receiver<Vec<ServiceTask>>,
     range: Ipv4Net,
 ) -> watch::Receiver<LbStatus> {
-    let (status_tx, status) = watch::channel(LbStatus::default());
+    let (status_tx, status) = watch::channel(LbStatus {
+        backend: lb.backend(),
+        ..LbStatus::default()
+    });
     let lb = Arc::new(std::sync::Mutex::new(lb));
     tokio::spawn(async move {
         loop {

@@ -1,6 +1,7 @@
 //! The node's network services for bridge and overlay tasks (`--network-services`, implied by
 //! `--overlay`): the node bridge made at start with a route for the VIP range, the L4 load
-//! balancer ([`crate::l4lb`]) and the DNS server (`berth_net::dns`) on the bridge gateway, port 53,
+//! balancer ([`crate::l4lb`]; nftables slot maps, or IPVS with `--lb-backend ipvs`) and the DNS
+//! server (`berth_net::dns`) on the bridge gateway, port 53,
 //! both fed from the cluster's task list; and the resolv.conf bridge containers get (the gateway
 //! as nameserver, `berth.directory` searched).
 
@@ -14,8 +15,9 @@ use anyhow::Context;
 use berth_net::{
     Ipv4Net,
     dns::{DnsServer, DnsServerConfig, DnsTable, TaskRecord as DnsTask, VipRecord, host_upstreams},
+    ipvs::{IpvsBalancer, IpvsConfig, IpvsNetlink},
     isolator::BridgeIsolator,
-    lb::{LoadBalancer, VipTarget},
+    lb::{LbBackend, LoadBalancer, VipBalancer, VipTarget},
     nft::{NftConfig, NftExec},
 };
 use tokio::sync::watch;
@@ -34,26 +36,43 @@ pub struct NetServices {
     _server: DnsServer,
 }
 
-/// Starts the services on the node bridge; `tasks` is the cluster's task list.
+/// Starts the services on the node bridge; `tasks` is the cluster's task list. With
+/// `LbBackend::Ipvs` on a kernel without `ip_vs` this fails (`ip_vs not available ...`).
 pub async fn start(
     bridge: Arc<BridgeIsolator>,
     nft: Arc<dyn NftExec>,
+    lb_backend: LbBackend,
     tasks: watch::Receiver<Vec<ServiceTask>>,
     runtime_dir: &Path,
 ) -> anyhow::Result<NetServices> {
     let vip_range = l4lb::vip_range();
-    bridge
-        .ensure_bridge()
-        .context("creating the node bridge for the network services")?;
     let gateway = bridge.config().gateway();
     // The load balancer.
     let cfg = NftConfig {
         hairpin_subnets: vec![bridge.config().subnet],
         ..NftConfig::default()
     };
-    let lb = LoadBalancer::new(nft, cfg);
-    lb.ensure_table()
-        .context("the nftables table of the load balancer")?;
+    let mut lb: Box<dyn VipBalancer> = match lb_backend {
+        LbBackend::Nftables => {
+            remove_ipvs_leftovers(nft.clone(), &cfg, vip_range).await;
+            Box::new(LoadBalancer::new(nft, cfg))
+        }
+        LbBackend::Ipvs => {
+            let ipvs = Arc::new(IpvsNetlink::new().context("--lb-backend ipvs")?);
+            let cfg = IpvsConfig {
+                vip_range,
+                nft: cfg,
+                ..IpvsConfig::default()
+            };
+            Box::new(IpvsBalancer::new(ipvs, nft, cfg))
+        }
+    };
+    bridge
+        .ensure_bridge()
+        .context("creating the node bridge for the network services")?;
+    let lb = tokio::task::spawn_blocking(move || lb.setup().map(|()| lb))
+        .await?
+        .with_context(|| format!("setting up the {lb_backend} load balancer"))?;
     let lb_status = l4lb::spawn(lb, tasks.clone(), vip_range);
     // DNS on the gateway: the node's own resolvers upstream (a loopback stub is unreachable
     // from containers, so it is skipped).
@@ -78,13 +97,39 @@ pub async fn start(
             &["ndots:2".to_string()],
         ),
     )?;
-    info!(dns = %listen, vips = %vip_range, "node network services ready");
+    info!(dns = %listen, vips = %vip_range, lb_backend = %lb_backend, "node network services ready");
     Ok(NetServices {
         lb: lb_status,
         dns: listen,
         resolv_conf,
         _server: server,
     })
+}
+
+/// After a run with `--lb-backend ipvs`, the nftables balancer would share VIPs with IPVS
+/// services still there: removes berth's services, the dummy link and the masquerade set. Only
+/// where the dummy link exists, so a kernel without ip_vs is never asked to load it.
+async fn remove_ipvs_leftovers(nft: Arc<dyn NftExec>, cfg: &NftConfig, vip_range: Ipv4Net) {
+    let cfg = IpvsConfig {
+        vip_range,
+        nft: cfg.clone(),
+        ..IpvsConfig::default()
+    };
+    let removed = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        if !berth_net::ipvs::link_exists(None, &cfg.dummy)? {
+            return Ok(false);
+        }
+        let ipvs = Arc::new(IpvsNetlink::new()?);
+        IpvsBalancer::new(ipvs, nft, cfg).teardown()?;
+        Ok(true)
+    })
+    .await;
+    match removed {
+        Ok(Ok(true)) => info!("removed the IPVS services and VIP addresses of an earlier run"),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => warn!(error = %err, "removing IPVS leftovers of an earlier run"),
+        Err(err) => warn!(error = %err, "removing IPVS leftovers of an earlier run"),
+    }
 }
 
 /// Keeps the DNS table in step with the tasks: VIP names of running backends, task names of

@@ -1,5 +1,6 @@
-//! The L4 load balancer: VIP labels, the desired VIP → backends state, and its reconciliation
-//! into the `lb` slot map of the nftables table (see [`crate::nft`]).
+//! The L4 load balancer: VIP labels, the desired VIP → backends state, the [`VipBalancer`]
+//! trait both backends implement (nftables here, IPVS in [`crate::ipvs`]), and the
+//! reconciliation into the `lb` slot map of the nftables table (see [`crate::nft`]).
 //!
 //! `apply(desired)` compares each VIP's backends with what was last applied (O(VIPs) set
 //! comparisons), recomputes the slot elements (each VIP's `slots` elements filled round-robin
@@ -45,6 +46,65 @@ pub enum LbError {
     /// The nftables transaction (or a conntrack flush) failed.
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// An IPVS, dummy-link or sysctl operation of the IPVS balancer failed.
+    #[error(transparent)]
+    Ipvs(#[from] crate::ipvs::IpvsError),
+    /// `--lb-backend` names no balancer.
+    #[error("unknown load balancer backend {0:?}: 'nftables' or 'ipvs'")]
+    UnknownBackend(String),
+}
+
+/// Which kernel mechanism balances VIP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbBackend {
+    /// nftables slot maps ([`LoadBalancer`]).
+    #[default]
+    Nftables,
+    /// IPVS virtual services ([`crate::ipvs::IpvsBalancer`]), where the kernel has `ip_vs`.
+    Ipvs,
+}
+
+impl LbBackend {
+    /// `nftables` or `ipvs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbBackend::Nftables => "nftables",
+            LbBackend::Ipvs => "ipvs",
+        }
+    }
+}
+
+impl std::fmt::Display for LbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LbBackend {
+    type Err = LbError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nftables" | "nft" => Ok(LbBackend::Nftables),
+            "ipvs" => Ok(LbBackend::Ipvs),
+            other => Err(LbError::UnknownBackend(other.into())),
+        }
+    }
+}
+
+/// A VIP load balancer the agent can hold whichever backend it uses: both make the kernel
+/// equal to an [`LbState`], touching only what changed.
+pub trait VipBalancer: Send {
+    /// Which backend this is.
+    fn backend(&self) -> LbBackend;
+    /// Creates what the balancer needs before the first apply (idempotent).
+    fn setup(&mut self) -> Result<(), LbError>;
+    /// Makes the kernel's VIPs equal to `desired`.
+    fn apply(&mut self, desired: &LbState) -> Result<LbApplyStats, LbError>;
+    /// Forgets what was applied: the next `apply` reads or reloads everything.
+    fn invalidate(&mut self);
+    /// Removes everything the balancer created (node teardown, tests).
+    fn teardown(&mut self) -> Result<(), LbError>;
 }
 
 /// Where a VIP label points.
@@ -158,6 +218,12 @@ pub struct Backend {
     pub ip: Ipv4Addr,
     /// Port.
     pub port: u16,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
 }
 
 /// The desired load balancer state: every VIP with its (running, healthy) backends.
@@ -428,6 +494,28 @@ impl LoadBalancer {
             stats.flushed += 1;
         }
         Ok(stats)
+    }
+}
+
+impl VipBalancer for LoadBalancer {
+    fn backend(&self) -> LbBackend {
+        LbBackend::Nftables
+    }
+
+    fn setup(&mut self) -> Result<(), LbError> {
+        self.ensure_table()
+    }
+
+    fn apply(&mut self, desired: &LbState) -> Result<LbApplyStats, LbError> {
+        LoadBalancer::apply(self, desired)
+    }
+
+    fn invalidate(&mut self) {
+        LoadBalancer::invalidate(self)
+    }
+
+    fn teardown(&mut self) -> Result<(), LbError> {
+        self.delete_table()
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`nft`], [`lb`], [`portmap`]: one nftables table `ip berth` holding the L4 load balancer's
 //!   slot map (VIP . proto . port . slot → backend) and the port mappings, changed by one atomic
 //!   transaction per change.
+//! - [`ipvs`]: the IPVS backend of the load balancer (where the kernel has `ip_vs`): a generic
+//!   netlink IPVS client, VIP addresses on the dummy link `berth-ipvs0`; both balancers
+//!   implement [`lb::VipBalancer`].
 //!
 //! Modes: `host` (the host's network namespace) and `none` (loopback only) are realised by the
 //! namespaces isolator; `bridge` and `overlay` put the container on the node bridge, the latter
@@ -29,6 +32,7 @@ pub mod addr;
 pub mod bridge;
 pub mod dns;
 pub mod ipam;
+pub mod ipvs;
 pub mod isolator;
 pub mod lb;
 pub mod link;

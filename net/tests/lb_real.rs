@@ -4,86 +4,22 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_net::bridge::{self, BridgeConfig};
+use berth_net::bridge;
 use berth_net::ipam::Ipam;
 use berth_net::lb::{Backend, DEFAULT_VIP_RANGE, LbState, LoadBalancer, VipLabel};
-use berth_net::link::Netlink;
 use berth_net::nft::{MapChange, NftCommand, NftConfig, NftExec, NftNetlink, Proto};
 use berth_net::portmap::{PortMapError, PortMapper, PortMapping};
 use support::*;
-
-struct Node {
-    ns: Ns,
-    nl: Netlink,
-    bridge: BridgeConfig,
-    ipam: Ipam,
-    _leases: tempfile::TempDir,
-}
-
-fn node(rt: &tokio::runtime::Runtime, ul: &Underlay, tag: &str, n: u8) -> Node {
-    let ns = Ns::new(&format!("{tag}-node{n}"));
-    ul.join(&ns, n);
-    ns.sysctl("net/ipv4/ip_forward", "1");
-    let subnet = format!("9.0.{n}.0/24").parse().unwrap();
-    let bridge = BridgeConfig {
-        name: "berth0".into(),
-        subnet,
-        mtu: 1450,
-        vip_range: Some(DEFAULT_VIP_RANGE.parse().unwrap()),
-    };
-    let nl = rt.block_on(async {
-        let nl = Netlink::connect_in(&ns.nsref()).unwrap();
-        bridge::ensure_bridge(&nl, &bridge).await.unwrap();
-        // Idempotent.
-        bridge::ensure_bridge(&nl, &bridge).await.unwrap();
-        nl
-    });
-    let leases = tempfile::tempdir().unwrap();
-    let ipam = Ipam::open(leases.path(), subnet).unwrap();
-    Node {
-        ns,
-        nl,
-        bridge,
-        ipam,
-        _leases: leases,
-    }
-}
-
-fn container(rt: &tokio::runtime::Runtime, n: &mut Node, tag: &str) -> (Ns, Ipv4Addr) {
-    let ns = Ns::new(tag);
-    let ip = n.ipam.allocate(tag).unwrap();
-    rt.block_on(bridge::attach_container(
-        &n.nl,
-        &n.bridge,
-        tag,
-        &ns.nsref(),
-        ip,
-    ))
-    .unwrap();
-    (ns, ip)
-}
 
 fn nft_config(n: &Node) -> NftConfig {
     NftConfig {
         hairpin_subnets: vec![n.bridge.subnet],
         ..NftConfig::default()
     }
-}
-
-fn spread(ns: &Ns, vip: SocketAddr, count: usize) -> BTreeMap<u8, usize> {
-    in_ns(ns, move || {
-        let mut m = BTreeMap::new();
-        for _ in 0..count {
-            let id = tcp_id(vip).expect("connection through the VIP");
-            *m.entry(id).or_insert(0) += 1;
-        }
-        m
-    })
 }
 
 type MakeExec = fn(&Ns) -> Arc<dyn NftExec>;

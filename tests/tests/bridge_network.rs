@@ -236,6 +236,56 @@ fn vip_backends(agent: &Agent) -> Vec<String> {
     vip_backends_named(agent, "web.l4lb")
 }
 
+/// Starts three `/web:80` backends (`w1`..`w3`) on the bridge, waits until the VIP has them,
+/// and checks that 300 connections from the node spread over them (each 20-45 %); returns the
+/// VIP's address.
+fn web_vip_spread(agent: &Agent) -> Ipv4Addr {
+    start_backends(agent, "w", &["VIP_0=/web:80"], named_server);
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while vip_backends(agent).len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "VIP backends: {:?}",
+            vip_backends(agent)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let vip = berth_net::lb::vip_address("web", "11.0.0.0/8".parse().unwrap());
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..300 {
+        let greeting = greeting_of(SocketAddrV4::new(vip, 80));
+        *counts.entry(greeting).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, n) in &counts {
+        assert!((60..=135).contains(n), "{name} got {n} of 300: {counts:?}");
+    }
+    vip
+}
+
+/// Kills backend `w1`: it leaves the VIP, and 100 new connections never reach it.
+fn killed_backend_gets_no_new_connections(agent: &Agent, vip: Ipv4Addr) {
+    let killed_at = Instant::now();
+    agent.berth(&["kill", "w1"]).assert_success();
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    while vip_backends(agent).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "VIP backends: {:?}",
+            vip_backends(agent)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "VIP: the killed backend left the VIP {:.0} ms after `berth kill` began",
+        killed_at.elapsed().as_secs_f64() * 1000.0
+    );
+    for _ in 0..100 {
+        let greeting = greeting_of(SocketAddrV4::new(vip, 80));
+        assert_ne!(greeting, "w1", "a killed backend got a new connection");
+    }
+}
+
 #[test]
 fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
     if !require_privileges() {
@@ -247,23 +297,7 @@ fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
             .spawn(|| {
                 netns.enter();
                 let agent = Agent::start_with(&["--network-services"]);
-                start_backends(&agent, "w", &["VIP_0=/web:80"], named_server);
-                let deadline = Instant::now() + scaled(Duration::from_secs(60));
-                while vip_backends(&agent).len() != 3 {
-                    assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
-                    thread::sleep(Duration::from_millis(100));
-                }
-                let vip = berth_net::lb::vip_address("web", "11.0.0.0/8".parse().unwrap());
-                // 300 connections from the node to the VIP spread over the three backends.
-                let mut counts = std::collections::BTreeMap::<String, usize>::new();
-                for _ in 0..300 {
-                    let greeting = greeting_of(SocketAddrV4::new(vip, 80));
-                    *counts.entry(greeting).or_default() += 1;
-                }
-                assert_eq!(counts.len(), 3, "{counts:?}");
-                for (name, n) in &counts {
-                    assert!((60..=135).contains(n), "{name} got {n} of 300: {counts:?}");
-                }
+                let vip = web_vip_spread(&agent);
                 // DNS from inside a container: the VIP's name, and a connection through it.
                 let client = "import socket\nip=socket.gethostbyname('web.l4lb.berth.directory')\ns=socket.create_connection((ip,80),10)\nprint(ip, s.recv(100).decode())\n";
                 let out = agent.berth(&[
@@ -273,22 +307,7 @@ fn cgroup_vip_spreads_connections_over_running_backends_and_resolves_in_dns() {
                 out.assert_success();
                 let printed = out.stdout.trim().to_string();
                 assert!(printed.starts_with(&format!("{vip} w")), "{printed}");
-                // A killed backend leaves the VIP; new connections never reach it.
-                let killed_at = Instant::now();
-                agent.berth(&["kill", "w1"]).assert_success();
-                let deadline = Instant::now() + scaled(Duration::from_secs(60));
-                while vip_backends(&agent).len() != 2 {
-                    assert!(Instant::now() < deadline, "VIP backends: {:?}", vip_backends(&agent));
-                    thread::sleep(Duration::from_millis(20));
-                }
-                eprintln!(
-                    "TCP VIP: the killed backend left the VIP {:.0} ms after `berth kill` began",
-                    killed_at.elapsed().as_secs_f64() * 1000.0
-                );
-                for _ in 0..100 {
-                    let greeting = greeting_of(SocketAddrV4::new(vip, 80));
-                    assert_ne!(greeting, "w1", "a killed backend got a new connection");
-                }
+                killed_backend_gets_no_new_connections(&agent, vip);
                 // A VIP label typo is reported (the task still runs; it is no backend).
                 agent
                     .berth(&[
@@ -468,4 +487,125 @@ fn overlapping_network_ranges_are_refused_at_start() {
         "{}",
         out.stderr
     );
+}
+
+/// `vm_`: runs only in the microVM phase of tests/run.sh (its Debian kernel has ip_vs; this
+/// host's kernel does not, and the host phase does not select `vm_` tests).
+#[test]
+fn vm_ipvs_vip_spreads_connections_over_running_backends() {
+    if !require_privileges() {
+        return;
+    }
+    let netns = TestNetns::create_named("ipvs");
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns.enter();
+                let agent = Agent::start_with(&["--network-services", "--lb-backend", "ipvs"]);
+                let ls = agent.berth(&["net", "ls"]);
+                ls.assert_success();
+                assert!(ls.stdout.contains("LOAD BALANCER: ipvs"), "{}{}", ls.stdout, ls.stderr);
+                let vip = web_vip_spread(&agent);
+                // IPVS balanced them: the VIP is an IPVS service with three real servers (this
+                // thread's namespace: /proc/thread-self), bound to the dummy link.
+                let table = std::fs::read_to_string("/proc/thread-self/net/ip_vs").unwrap();
+                let vip_hex = format!("{:08X}:0050", u32::from(vip));
+                assert!(table.contains(&vip_hex), "{table}");
+                assert_eq!(table.matches("Masq").count(), 3, "{table}");
+                let addrs = Command::new("ip")
+                    .args(["-4", "addr", "show", "dev", "berth-ipvs0"])
+                    .output()
+                    .unwrap();
+                let addrs = String::from_utf8_lossy(&addrs.stdout);
+                assert!(addrs.contains(&format!("{vip}/32")), "{addrs}");
+                // From a container on the same bridge (replies come back through IPVS).
+                let client = format!(
+                    "import socket\ns=socket.create_connection(('{vip}',80),10)\nprint(s.recv(100).decode())\n"
+                );
+                let out = agent.berth(&[
+                    "run", "--cpus", "0.1", "--mem", "48M", "--network", "bridge", "--", "python3",
+                    "-c", &client,
+                ]);
+                out.assert_success();
+                assert!(out.stdout.trim().starts_with('w'), "{}", out.stdout);
+                killed_backend_gets_no_new_connections(&agent, vip);
+                for name in ["w2", "w3"] {
+                    agent.berth(&["kill", name]).assert_success();
+                }
+                drop(agent);
+                // Back to the nftables balancer on this node: what the IPVS run left (the
+                // dummy link and the nft set; its services went with their last backends) is
+                // removed at start.
+                let ip_vs = || std::fs::read_to_string("/proc/thread-self/net/ip_vs").unwrap();
+                let link = || {
+                    Command::new("ip")
+                        .args(["link", "show", "berth-ipvs0"])
+                        .output()
+                        .unwrap()
+                        .status
+                        .success()
+                };
+                assert!(link(), "berth-ipvs0 outlives its agent");
+                let agent = Agent::start_with(&["--network-services"]);
+                let ls = agent.berth(&["net", "ls"]);
+                ls.assert_success();
+                assert!(ls.stdout.contains("LOAD BALANCER: nftables"), "{}{}", ls.stdout, ls.stderr);
+                assert!(!ip_vs().contains("TCP"), "{}", ip_vs());
+                assert!(!link(), "berth-ipvs0 is left");
+                let nft = Command::new("nft")
+                    .args(["list", "table", "ip", "berth"])
+                    .output()
+                    .unwrap();
+                let nft = String::from_utf8_lossy(&nft.stdout);
+                assert!(!nft.contains("ipvs_"), "{nft}");
+                drop(agent);
+            })
+            .join()
+            .expect("the test thread");
+    });
+}
+
+#[test]
+fn ipvs_backend_is_refused_at_start_where_the_kernel_lacks_ip_vs() {
+    if !require_privileges() {
+        return;
+    }
+    let loadable = std::path::Path::new("/sys/module/ip_vs").exists()
+        || Command::new("modprobe")
+            .args(["-n", "ip_vs"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if loadable {
+        // The IPVS path itself is covered by vm_ipvs_vip_spreads_connections_over_running_backends.
+        if std::env::var("BERTH_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (BERTH_TEST_ALLOW_SKIP=1): this kernel has ip_vs");
+            return;
+        }
+        panic!("this kernel has ip_vs: the refusal on kernels without it cannot be tested here");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let run = dir.path().join("run");
+    let out = berth_tests::berth_no_agent(&[
+        "agent",
+        "--dev",
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--runtime-dir",
+        run.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--cgroup-base",
+        &format!("berth-test-{}-noipvs", std::process::id()),
+        "--network-services",
+        "--lb-backend",
+        "ipvs",
+    ]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("ip_vs not available") && out.stderr.contains("--lb-backend nftables"),
+        "{}",
+        out.stderr
+    );
+    assert!(!work.exists(), "nothing is created before the refusal");
 }

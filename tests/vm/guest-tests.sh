@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # guest-tests.sh: runs INSIDE the cgroup v2 microVM (started by tests/run.sh through berth-v2vm).
 #
-#   guest-tests.sh [all:|cgroup:]TEST_EXECUTABLE...
+#   guest-tests.sh [all:|cgroup:|vm:]TEST_EXECUTABLE...
 #
 # all:PATH     run every test of a libtest executable (e.g. isolators' cgroups_real-*)
 # cgroup:PATH  run only its tests whose name starts with `cgroup_` (the e2e tests of berth-tests);
 #              those ending in `_alone` run afterwards one at a time.
+# vm:PATH      run only its tests whose name starts with `vm_` (tests that need this kernel, e.g.
+#              ip_vs, and are not selected on the host), one at a time; nothing if it has none.
 # At most 2 test threads (TCG is slow). Exits non-zero if any executable fails, and ends with one
 # line "vm: N passed, N failed".
 set -uo pipefail
@@ -41,6 +43,10 @@ for spec in "$@"; do
       # the `cgroup_*_alone` tests, if any, one at a time
       for t in $("$exe" --list cgroup_ 2>/dev/null | sed -nE 's/^(cgroup_[A-Za-z0-9_:]*_alone): test$/\1/p'); do
         run_one cgroup-alone "$exe" --exact "$t" --test-threads=1
+      done ;;
+    vm)
+      for t in $("$exe" --list 2>/dev/null | sed -nE 's/^(vm_[A-Za-z0-9_:]*): test$/\1/p'); do
+        run_one vm "$exe" --exact "$t" --test-threads=1
       done ;;
     *) echo "guest: bad spec $spec" >&2; exit 2 ;;
   esac

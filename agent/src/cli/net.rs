@@ -1,5 +1,6 @@
 //! `berth net ls | inspect`: the node's networks as the agent sees them (bridge subnet and
-//! leases, port mappings, overlay subnet and peers), from `GET /api/berth/v1/net`.
+//! leases, port mappings, overlay subnet and peers, the load balancer's backend and VIPs),
+//! from `GET /api/berth/v1/net`.
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -17,7 +18,8 @@ pub struct NetArgs {
 /// `berth net` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum NetCommand {
-    /// The node's networks, port mappings and overlay peers, as tables.
+    /// The node's networks, port mappings, overlay peers and the load balancer (its backend,
+    /// nftables or ipvs, and VIPs), as tables.
     Ls {
         /// Print JSON instead.
         #[arg(long)]
@@ -89,7 +91,17 @@ pub fn render(view: &Value) -> String {
             out.push_str(&format!("{:<18} {}\n", text(&peer[0]), text(&peer[1])));
         }
     }
-    if let Some(vips) = view["load_balancer"]["vips"].as_object()
+    let lb = &view["load_balancer"];
+    if let Some(backend) = lb["backend"].as_str() {
+        out.push_str(&format!(
+            "\nLOAD BALANCER: {backend}{}\n",
+            lb["apply_error"]
+                .as_str()
+                .map(|e| format!(" (last apply failed: {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(vips) = lb["vips"].as_object()
         && !vips.is_empty()
     {
         out.push_str(&format!("\n{:<52} {}\n", "VIP", "BACKENDS"));
@@ -157,5 +169,21 @@ mod tests {
         assert!(text.contains("9.0.7.0/24         10.0.0.7"), "{text}");
         assert!(text.contains("c1"), "{text}");
         assert!(text.contains("8080       tcp    9.0.3.2:80"), "{text}");
+        assert!(!text.contains("LOAD BALANCER"), "{text}");
+    }
+
+    #[test]
+    fn load_balancer_backend_and_vips_are_shown() {
+        let view = serde_json::json!({
+            "bridge": null, "overlay": null,
+            "load_balancer": {"backend": "ipvs", "vips": {"11.0.0.7:80/tcp (web.l4lb.berth.directory)": ["9.0.1.2:80"]},
+                "errors": [], "apply_error": null},
+        });
+        let text = render(&view);
+        assert!(text.contains("LOAD BALANCER: ipvs\n"), "{text}");
+        assert!(
+            text.contains("web.l4lb.berth.directory)           9.0.1.2:80"),
+            "{text}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! clients running in threads that entered a namespace.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -11,6 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use berth_net::bridge::{self, BridgeConfig};
+use berth_net::ipam::Ipam;
+use berth_net::lb::DEFAULT_VIP_RANGE;
+use berth_net::link::Netlink;
 use berth_net::netns::NetnsRef;
 
 /// Fails the test with `reason`, or returns `true` (skip) when `BERTH_TEST_ALLOW_SKIP=1`.
@@ -282,4 +287,85 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A "node": a namespace on the underlay with the node bridge `berth0` (subnet 9.0.N.0/24,
+/// the VIP range routed to it) and IPAM for its containers.
+pub struct Node {
+    pub ns: Ns,
+    pub nl: Netlink,
+    pub bridge: BridgeConfig,
+    pub ipam: Ipam,
+    pub _leases: tempfile::TempDir,
+}
+
+pub fn node(rt: &tokio::runtime::Runtime, ul: &Underlay, tag: &str, n: u8) -> Node {
+    let ns = Ns::new(&format!("{tag}-node{n}"));
+    ul.join(&ns, n);
+    ns.sysctl("net/ipv4/ip_forward", "1");
+    let subnet = format!("9.0.{n}.0/24").parse().unwrap();
+    let bridge = BridgeConfig {
+        name: "berth0".into(),
+        subnet,
+        mtu: 1450,
+        vip_range: Some(DEFAULT_VIP_RANGE.parse().unwrap()),
+    };
+    let nl = rt.block_on(async {
+        let nl = Netlink::connect_in(&ns.nsref()).unwrap();
+        bridge::ensure_bridge(&nl, &bridge).await.unwrap();
+        // Idempotent.
+        bridge::ensure_bridge(&nl, &bridge).await.unwrap();
+        nl
+    });
+    let leases = tempfile::tempdir().unwrap();
+    let ipam = Ipam::open(leases.path(), subnet).unwrap();
+    Node {
+        ns,
+        nl,
+        bridge,
+        ipam,
+        _leases: leases,
+    }
+}
+
+/// A "container" namespace on the node's bridge, with an address from its IPAM.
+pub fn container(rt: &tokio::runtime::Runtime, n: &mut Node, tag: &str) -> (Ns, Ipv4Addr) {
+    let ns = Ns::new(tag);
+    let ip = n.ipam.allocate(tag).unwrap();
+    rt.block_on(bridge::attach_container(
+        &n.nl,
+        &n.bridge,
+        tag,
+        &ns.nsref(),
+        ip,
+    ))
+    .unwrap();
+    (ns, ip)
+}
+
+/// `count` TCP connections to `vip` from inside `ns`: server id → connections.
+pub fn spread(ns: &Ns, vip: SocketAddr, count: usize) -> BTreeMap<u8, usize> {
+    in_ns(ns, move || {
+        let mut m = BTreeMap::new();
+        for _ in 0..count {
+            let id = tcp_id(vip).expect("connection through the VIP");
+            *m.entry(id).or_insert(0) += 1;
+        }
+        m
+    })
+}
+
+/// Sends a 1-byte datagram from `sock` to `vip` until a server answers (up to `tries` times,
+/// one second each) and returns the server id; the reply must come from the VIP.
+pub fn udp_ask(sock: &UdpSocket, vip: SocketAddr, tries: usize) -> Option<u8> {
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut b = [0u8; 8];
+    for _ in 0..tries {
+        sock.send_to(&[0], vip).unwrap();
+        if let Ok((1, from)) = sock.recv_from(&mut b) {
+            assert_eq!(from, vip, "reply must come from the VIP");
+            return Some(b[0]);
+        }
+    }
+    None
 }
