@@ -34,6 +34,7 @@ pub use serde_json::Value;
 pub mod framework;
 pub mod images;
 pub mod master;
+pub mod netns;
 
 // ---------------------------------------------------------------------------------------------
 // environment

@@ -9,9 +9,7 @@
 use std::{
     io::Read,
     net::{SocketAddrV4, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -342,44 +340,8 @@ fn cgroup_health_checker_restarts_with_the_agent() {
     agent.assert_no_leftovers();
 }
 
-/// A network namespace made by the test, deleted on every path.
-struct TestNetns(String);
-
-impl TestNetns {
-    fn create() -> Self {
-        let name = format!("bt{}-health", std::process::id());
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
-        assert!(status.success(), "ip netns add {name} failed");
-        TestNetns(name)
-    }
-
-    /// Moves the calling thread into the namespace (its children are born there).
-    fn enter(&self) {
-        let file = std::fs::File::open(format!("/var/run/netns/{}", self.0)).expect("open netns");
-        // SAFETY: setns on a valid namespace fd for the calling thread only.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(up.success());
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn named_server(name: &str) -> String {
-    format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'{name}')\n  c.close()\n"
-    )
+    berth_tests::netns::named_tcp_server(name, 80)
 }
 
 /// The backends of VIP `web` in `berth net inspect`.
@@ -417,101 +379,94 @@ fn cgroup_unhealthy_vip_backend_leaves_the_load_balancer() {
     if !require_privileges() {
         return;
     }
-    let netns = TestNetns::create();
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                netns.enter();
-                let agent = Agent::start_with(&["--network-services"]);
-                let mut ids = Vec::new();
-                for n in 1..=3 {
-                    let name = format!("w{n}");
-                    ids.push(agent.run_detached(&[
-                        "--cpus",
-                        "0.1",
-                        "--mem",
-                        "48M",
-                        "--network",
-                        "bridge",
-                        "--name",
-                        &name,
-                        "--label",
-                        "VIP_0=/web:80",
-                        "--health-cmd",
-                        "test ! -f \"$MESOS_SANDBOX/down\"",
-                        "--health-interval",
-                        "1s",
-                        "--health-retries",
-                        "1000",
-                        "--",
-                        "python3",
-                        "-c",
-                        &named_server(&name),
-                    ]));
-                }
-                for id in &ids {
-                    wait_health(&agent, id, "healthy");
-                }
-                wait_until("3 VIP backends", Duration::from_secs(60), || {
-                    (vip_backends(&agent).len() == 3).then_some(())
-                });
-                let before = vip_backends(&agent);
-                let vip = berth_net::lb::vip_address("web", "11.0.0.0/8".parse().unwrap());
-                // w2's check starts failing now.
-                let w2_ip = berth_tests::bridge_ip_of(&agent.inspect(&ids[1]))
-                    .expect("w2 has a bridge address");
-                let failing_since = Instant::now();
-                std::fs::write(sandbox_of(&agent, &ids[1]).join("down"), b"").unwrap();
-                loop {
-                    if !vip_backends(&agent)
-                        .iter()
-                        .any(|b| b.contains(&w2_ip.to_string()))
-                    {
-                        break;
-                    }
-                    assert!(
-                        failing_since.elapsed() < scaled(Duration::from_secs(60)),
-                        "w2 ({w2_ip}) is still a backend: {:?} (before: {before:?})",
-                        vip_backends(&agent)
-                    );
-                    thread::sleep(Duration::from_millis(20));
-                }
-                let lag = failing_since.elapsed();
-                println!(
-                    "health: from the check failing to the load balancer update: {:.0} ms \
+    berth_tests::netns::in_new_netns("health", || {
+        let agent = Agent::start_with(&["--network-services"]);
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let name = format!("w{n}");
+            ids.push(agent.run_detached(&[
+                "--cpus",
+                "0.1",
+                "--mem",
+                "48M",
+                "--network",
+                "bridge",
+                "--name",
+                &name,
+                "--label",
+                "VIP_0=/web:80",
+                "--health-cmd",
+                "test ! -f \"$MESOS_SANDBOX/down\"",
+                "--health-interval",
+                "1s",
+                "--health-retries",
+                "1000",
+                "--",
+                "python3",
+                "-c",
+                &named_server(&name),
+            ]));
+        }
+        for id in &ids {
+            wait_health(&agent, id, "healthy");
+        }
+        wait_until("3 VIP backends", Duration::from_secs(60), || {
+            (vip_backends(&agent).len() == 3).then_some(())
+        });
+        let before = vip_backends(&agent);
+        let vip = berth_net::lb::vip_address("web", "11.0.0.0/8".parse().unwrap());
+        // w2's check starts failing now.
+        let w2_ip =
+            berth_tests::bridge_ip_of(&agent.inspect(&ids[1])).expect("w2 has a bridge address");
+        let failing_since = Instant::now();
+        std::fs::write(sandbox_of(&agent, &ids[1]).join("down"), b"").unwrap();
+        loop {
+            if !vip_backends(&agent)
+                .iter()
+                .any(|b| b.contains(&w2_ip.to_string()))
+            {
+                break;
+            }
+            assert!(
+                failing_since.elapsed() < scaled(Duration::from_secs(60)),
+                "w2 ({w2_ip}) is still a backend: {:?} (before: {before:?})",
+                vip_backends(&agent)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let lag = failing_since.elapsed();
+        println!(
+            "health: from the check failing to the load balancer update: {:.0} ms \
                      (interval 1 s; the issue asks for within 1 s)",
-                    lag.as_secs_f64() * 1000.0
-                );
-                assert_eq!(vip_backends(&agent).len(), 2);
-                let status = berth_tests::last_status(&agent.inspect(&ids[1]));
-                assert_eq!(status["healthy"], Value::Bool(false));
-                assert_eq!(
-                    agent.task_state(&ids[1]),
-                    "TASK_RUNNING",
-                    "unhealthy, not killed"
-                );
-                let mut counts = std::collections::BTreeMap::<String, usize>::new();
-                for _ in 0..100 {
-                    *counts
-                        .entry(greeting_of(SocketAddrV4::new(vip, 80)))
-                        .or_default() += 1;
-                }
-                assert!(
-                    !counts.contains_key("w2"),
-                    "the unhealthy backend got connections: {counts:?}"
-                );
-                assert_eq!(counts.len(), 2, "{counts:?}");
-                // Healthy again: back in the VIP.
-                std::fs::remove_file(sandbox_of(&agent, &ids[1]).join("down")).unwrap();
-                wait_until("w2 back in the VIP", Duration::from_secs(60), || {
-                    (vip_backends(&agent).len() == 3).then_some(())
-                });
-                for id in &ids {
-                    agent.berth(&["kill", "--grace", "1", id]).assert_success();
-                }
-                drop(agent);
-            })
-            .join()
-            .expect("the test thread");
+            lag.as_secs_f64() * 1000.0
+        );
+        assert_eq!(vip_backends(&agent).len(), 2);
+        let status = berth_tests::last_status(&agent.inspect(&ids[1]));
+        assert_eq!(status["healthy"], Value::Bool(false));
+        assert_eq!(
+            agent.task_state(&ids[1]),
+            "TASK_RUNNING",
+            "unhealthy, not killed"
+        );
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..100 {
+            *counts
+                .entry(greeting_of(SocketAddrV4::new(vip, 80)))
+                .or_default() += 1;
+        }
+        assert!(
+            !counts.contains_key("w2"),
+            "the unhealthy backend got connections: {counts:?}"
+        );
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        // Healthy again: back in the VIP.
+        std::fs::remove_file(sandbox_of(&agent, &ids[1]).join("down")).unwrap();
+        wait_until("w2 back in the VIP", Duration::from_secs(60), || {
+            (vip_backends(&agent).len() == 3).then_some(())
+        });
+        for id in &ids {
+            agent.berth(&["kill", "--grace", "1", id]).assert_success();
+        }
+        drop(agent);
     });
 }

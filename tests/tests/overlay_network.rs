@@ -365,6 +365,8 @@ fn three_nodes(membership: Membership) {
                 "overlay",
                 "--name",
                 "srv",
+                "-p",
+                "17000:7000",
                 "--",
                 "python3",
                 "-c",
@@ -379,7 +381,9 @@ fn three_nodes(membership: Membership) {
 for i in range(200):\n  try:\n    s=socket.create_connection(('{server_ip}',7000),5); break\n  except OSError: time.sleep(0.1)\n\
 n=0\nwhile True:\n  d=s.recv(65536)\n  if not d: break\n  n+=len(d)\n\
 u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.settimeout(5)\nu.sendto(b'y'*1400,('{server_ip}',7001))\nd,_=u.recvfrom(4096)\n\
-print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip())\n"
+import subprocess\n\
+p=subprocess.run(['ping','-c','1','-W','5','-M','do','-s','1422','{server_ip}'],stdout=subprocess.DEVNULL).returncode\n\
+print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip(), 'ping', p)\n"
     );
     let printed = nodes[1].run(move |held| {
         let out = held.agent.as_ref().unwrap().berth(&[
@@ -395,8 +399,33 @@ print(n, len(d), open('/sys/class/net/eth0/mtu').read().strip())\n"
         out.stdout.trim().to_string()
     });
     assert_eq!(
-        printed, "1048576 1400 1450",
-        "bytes over TCP, UDP echo size, container MTU"
+        printed, "1048576 1400 1450 ping 0",
+        "bytes over TCP, UDP echo size, container MTU, a full-size (1450-byte, DF) ping's exit code"
+    );
+    // The server's port mapping on node 1, from node 2 itself (the node, not a task): DNAT of
+    // traffic arriving over the underlay.
+    let mapped = nodes[1].run(|_| {
+        let deadline = Instant::now() + scaled(GUARD);
+        loop {
+            match std::net::TcpStream::connect_timeout(
+                &"10.99.0.1:17000".parse().unwrap(),
+                Duration::from_secs(5),
+            ) {
+                Ok(mut c) => {
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut c, &mut all).unwrap();
+                    break all.len();
+                }
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "node 1's port 17000: {err}");
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+    assert_eq!(
+        mapped, 1048576,
+        "bytes through node 1's mapped port from node 2"
     );
     // A VIP with a backend on node 1 and one on node 2, used by name from a task on node 3:
     // every node balances over the cluster's backends (overlay addresses), DNS included.
