@@ -1,7 +1,16 @@
 //! Network namespaces for the e2e tests: every packet of a network test stays inside a
 //! namespace the test made (`bt<pid>-<tag>`, which the suite's sweep and leftovers check know).
 
-use std::{os::fd::AsRawFd, process::Command};
+use std::{
+    io::Read,
+    net::{SocketAddrV4, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::scaled;
 
 /// A network namespace made by the test, deleted (with its links) on every path.
 pub struct TestNetns(String);
@@ -73,4 +82,23 @@ pub fn named_tcp_server(name: &str, port: u16) -> String {
     format!(
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'{name}')\n  c.close()\n"
     )
+}
+
+/// Connects to `addr` until it answers (the server may still be starting; 60 s, scaled);
+/// returns what it sent before closing.
+pub fn greeting_of(addr: SocketAddrV4) -> String {
+    let deadline = Instant::now() + scaled(Duration::from_secs(60));
+    loop {
+        match TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)) {
+            Ok(mut stream) => {
+                let mut text = String::new();
+                stream.read_to_string(&mut text).unwrap();
+                if !text.is_empty() {
+                    return text;
+                }
+            }
+            Err(err) => assert!(Instant::now() < deadline, "connecting to {addr}: {err}"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -6,34 +6,15 @@
 //! bridge, veth and nf_tables there).
 
 use std::{
-    io::Read,
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use berth_tests::{Agent, require_privileges, scaled};
+use berth_tests::{Agent, netns::greeting_of, require_privileges, scaled};
 
 const SERVER: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7000))\ns.listen(8)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'hello-from-a')\n  c.close()\n";
-
-/// Connects to `addr` until it answers (the server may still be starting); returns what it sent.
-fn greeting_of(addr: SocketAddrV4) -> String {
-    let deadline = Instant::now() + scaled(Duration::from_secs(60));
-    loop {
-        match TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)) {
-            Ok(mut stream) => {
-                let mut text = String::new();
-                stream.read_to_string(&mut text).unwrap();
-                if !text.is_empty() {
-                    return text;
-                }
-            }
-            Err(err) => assert!(Instant::now() < deadline, "connecting to {addr}: {err}"),
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn links_named_bv() -> Vec<String> {
     let out = Command::new("ip")
@@ -467,15 +448,15 @@ fn udp_vip_spreads_flows_and_moves_a_flow_off_a_killed_backend() {
     });
 }
 
-#[test]
-fn overlapping_network_ranges_are_refused_at_start() {
-    if !require_privileges() {
-        return;
-    }
+/// Starts `berth agent --dev` with `extra` flags, which must make it refuse to start; its output
+/// and the temporary directory holding the work dir it was given (`<dir>/work`, which should not
+/// exist afterwards; the directory lives as long as the caller keeps it).
+fn refused_agent_start(tag: &str, extra: &[&str]) -> (berth_tests::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     let run = dir.path().join("run");
-    let out = berth_tests::berth_no_agent(&[
+    let cgroup_base = format!("berth-test-{}-{tag}", std::process::id());
+    let mut args = vec![
         "agent",
         "--dev",
         "--work-dir",
@@ -485,10 +466,19 @@ fn overlapping_network_ranges_are_refused_at_start() {
         "--listen",
         "127.0.0.1:0",
         "--cgroup-base",
-        &format!("berth-test-{}-ranges", std::process::id()),
-        "--bridge-subnet",
-        "11.2.0.0/24",
-    ]);
+        &cgroup_base,
+    ];
+    args.extend(extra);
+    let out = berth_tests::berth_no_agent(&args);
+    (out, dir)
+}
+
+#[test]
+fn overlapping_network_ranges_are_refused_at_start() {
+    if !require_privileges() {
+        return;
+    }
+    let (out, _) = refused_agent_start("ranges", &["--bridge-subnet", "11.2.0.0/24"]);
     assert!(!out.success());
     assert!(
         out.stderr.contains("overlaps") && out.stderr.contains("11.2.0.0/24"),
@@ -603,24 +593,8 @@ fn ipvs_backend_is_refused_at_start_where_the_kernel_lacks_ip_vs() {
         }
         panic!("this kernel has ip_vs: the refusal on kernels without it cannot be tested here");
     }
-    let dir = tempfile::tempdir().unwrap();
+    let (out, dir) = refused_agent_start("noipvs", &["--network-services", "--lb-backend", "ipvs"]);
     let work = dir.path().join("work");
-    let run = dir.path().join("run");
-    let out = berth_tests::berth_no_agent(&[
-        "agent",
-        "--dev",
-        "--work-dir",
-        work.to_str().unwrap(),
-        "--runtime-dir",
-        run.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--cgroup-base",
-        &format!("berth-test-{}-noipvs", std::process::id()),
-        "--network-services",
-        "--lb-backend",
-        "ipvs",
-    ]);
     assert!(!out.success());
     assert!(
         out.stderr.contains("ip_vs not available") && out.stderr.contains("--lb-backend nftables"),

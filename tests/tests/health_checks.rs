@@ -7,8 +7,7 @@
 //! The `cgroup_` tests also run in the cgroup v2 microVM phase of tests/run.sh.
 
 use std::{
-    io::Read,
-    net::{SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -21,6 +20,7 @@ use berth_proto::{
 use berth_tests::{
     Agent,
     framework::{Framework, launch, runtime, task},
+    netns::greeting_of,
     require_privileges, scaled, wait_until,
 };
 use serde_json::Value;
@@ -355,23 +355,6 @@ fn vip_backends(agent: &Agent) -> Vec<String> {
         .iter()
         .filter_map(|b| b.as_str().map(String::from))
         .collect()
-}
-
-fn greeting_of(addr: SocketAddrV4) -> String {
-    let deadline = Instant::now() + scaled(Duration::from_secs(30));
-    loop {
-        match TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)) {
-            Ok(mut stream) => {
-                let mut text = String::new();
-                stream.read_to_string(&mut text).unwrap();
-                if !text.is_empty() {
-                    return text;
-                }
-            }
-            Err(err) => assert!(Instant::now() < deadline, "connecting to {addr}: {err}"),
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
