@@ -124,34 +124,28 @@ impl TaskProbe {
     }
 }
 
-/// A non-blocking TCP socket created in the network namespace at `ns` by a short-lived thread
-/// (`setns(CLONE_NEWNET)` changes only the calling thread; the socket keeps its namespace).
+/// A non-blocking TCP socket created in the network namespace at `ns`, on a short-lived thread
+/// (`berth_net::netns::NetnsRef::run`: `setns(CLONE_NEWNET)` changes only that thread; the
+/// socket keeps its namespace).
 pub async fn socket_in_netns(ns: PathBuf, ipv6: bool) -> std::io::Result<OwnedFd> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("berth-health-ns".into())
-        .spawn(move || {
-            let made = (|| {
-                let file = std::fs::File::open(&ns)?;
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let family = if ipv6 {
-                    AddressFamily::Inet6
-                } else {
-                    AddressFamily::Inet
-                };
-                let fd = nix::sys::socket::socket(
-                    family,
-                    SockType::Stream,
-                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                    None,
-                )?;
-                Ok::<_, std::io::Error>(fd)
-            })();
-            // The thread ends here: nothing else ever runs in the task's namespace.
-            let _ = tx.send(made);
-        })?;
-    rx.await
-        .map_err(|_| std::io::Error::other("the namespace thread died"))?
+    let family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let made = tokio::task::spawn_blocking(move || {
+        berth_net::netns::NetnsRef::Path(ns).run(|| {
+            nix::sys::socket::socket(
+                family,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+        })
+    })
+    .await
+    .map_err(|_| std::io::Error::other("the namespace thread died"))?;
+    Ok(made.map_err(std::io::Error::other)??)
 }
 
 /// Sends `GET path` and returns the status code of the answer.
