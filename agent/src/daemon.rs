@@ -238,7 +238,8 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
         },
     )?;
     let mut isolators = isolators;
-    check_network_ranges(&flags)?;
+    let overlay_pool = parse_net("--overlay-pool", &flags.overlay_pool)?;
+    check_network_ranges(&flags, overlay_pool)?;
     // The embedded master (--dev) and the master detector: the overlay may need them.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let embedded = if flags.dev {
@@ -252,7 +253,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
                 zk: None,
                 zk_session_timeout: Duration::from_secs(10),
                 overlay: crate::master::overlay_registry::RegistryConfig {
-                    pool: parse_net("--overlay-pool", &flags.overlay_pool)?,
+                    pool: overlay_pool,
                     prefix: 24,
                     lease_timeout: crate::master::overlay_registry::DEFAULT_LEASE_TIMEOUT,
                 },
@@ -281,7 +282,7 @@ pub async fn run(flags: AgentFlags) -> anyhow::Result<()> {
     .context("--master")?;
     // The node subnet: leased on the overlay, or --bridge-subnet.
     let overlay = if flags.overlay {
-        Some(join_overlay(&flags, bound, detector.leader(), &master_flag).await?)
+        Some(join_overlay(&flags, overlay_pool, bound, detector.leader(), &master_flag).await?)
     } else {
         None
     };
@@ -524,6 +525,7 @@ fn first_zk_server(master: &str) -> Option<SocketAddr> {
 /// else the address that routes to ZooKeeper or the master.
 async fn join_overlay(
     flags: &AgentFlags,
+    pool: berth_net::Ipv4Net,
     bound: SocketAddr,
     leader: tokio::sync::watch::Receiver<Option<crate::mesos::detector::MasterLeader>>,
     master_flag: &str,
@@ -577,7 +579,7 @@ async fn join_overlay(
         membership,
         vtep_ip,
         underlay_dev,
-        pool: parse_net("--overlay-pool", &flags.overlay_pool)?,
+        pool,
         prefix: 24,
         state_file: flags.work_dir.join("meta").join("overlay.json"),
     })
@@ -592,19 +594,18 @@ fn parse_net(flag: &str, value: &str) -> anyhow::Result<berth_net::Ipv4Net> {
 
 /// Refuses overlapping network ranges before anything is set up: the bridge subnet (without
 /// --overlay), the overlay pool (with it) and the VIP range must not overlap.
-fn check_network_ranges(flags: &AgentFlags) -> anyhow::Result<()> {
-    let parse = parse_net;
+fn check_network_ranges(
+    flags: &AgentFlags,
+    overlay_pool: berth_net::Ipv4Net,
+) -> anyhow::Result<()> {
     let vips = crate::l4lb::vip_range();
     let mut nets = vec![("the VIP range", vips)];
     if flags.overlay {
-        nets.push((
-            "--overlay-pool",
-            parse("--overlay-pool", &flags.overlay_pool)?,
-        ));
+        nets.push(("--overlay-pool", overlay_pool));
     } else {
         nets.push((
             "--bridge-subnet",
-            parse("--bridge-subnet", &flags.bridge_subnet)?,
+            parse_net("--bridge-subnet", &flags.bridge_subnet)?,
         ));
     }
     berth_net::ipam::check_disjoint(&nets).context("network ranges")?;
